@@ -1,0 +1,49 @@
+"""Every training knob in one commented block. Each field is a ``movierec train`` flag (its
+comment is the flag's help) and is stored in the artifact's manifest, so every artifact says
+how it was made. No torch here: the CLI reads this to build its parser."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import re
+from dataclasses import dataclass
+from typing import Any
+
+OBJECTIVES = ("sgns", "softmax")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    objective: str = "sgns"  # "sgns" (item2vec, negative sampling) or "softmax" (full softmax)
+    dim: int = 64  # embedding size (the notebook's hidden layer)
+    epochs: int = 10  # passes over the (re-sampled) pairs
+    partners: int = 10  # partners drawn per liked movie per epoch, instead of all n^2 pairs
+    window: int = 0  # 0: partners from the whole history; k: within k of it in time order
+    like_threshold: float = 3.5  # ratings >= this are "watched and liked" (pairs and queries)
+    min_count: int = 1  # movies with fewer liked ratings get no row in the catalogue
+    negatives: int = 10  # sgns: negative movies per pair
+    ns_exponent: float = 0.75  # sgns: negatives ~ count^ns_exponent (0 uniform, 1 unigram)
+    subsample: float = 0.0  # word2vec subsampling of frequent movies (e.g. 1e-3); 0 = off
+    lr: float = 0.01  # Adam learning rate
+    batch_size: int = 4096  # sgns: pairs per step; softmax: 1/16 of it as movies per step
+    seed: int = 0  # seeds sampling and initialisation: same seed, same artifact
+    threads: int = 0  # torch intra-op threads; 0 = all cores
+
+    def __post_init__(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}")
+        for name in ("dim", "epochs", "partners", "negatives", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.min_count < 1 or self.window < 0 or self.lr <= 0 or self.subsample < 0:
+            raise ValueError("min_count >= 1, window >= 0, lr > 0 and subsample >= 0 are required")
+
+
+def options() -> list[tuple[str, type, Any, str]]:
+    """(name, type, default, help) per TrainConfig field; the help is the field's comment."""
+    comments = dict(re.findall(r"^    (\w+): .*?  # (.*)$", inspect.getsource(TrainConfig), re.M))
+    return [
+        (f.name, type(f.default), f.default, comments[f.name])
+        for f in dataclasses.fields(TrainConfig)
+    ]

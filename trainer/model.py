@@ -1,0 +1,44 @@
+"""The item2vec network: one input vector per movie (the notebook's W_in, what users'
+histories aggregate) and one output vector plus a bias per movie (what a movie is scored by).
+
+Two losses over co-watch pairs (movie1 -> movie2):
+
+* ``softmax``: the notebook's formulation, scores over every movie and cross-entropy against
+  movie2. All pairs that share movie1 have the same softmax, so a batch is a set of distinct
+  movie1 with the counts of their sampled partners: the same objective as pair minibatches,
+  with each movie1's scores computed once per epoch instead of once per pair.
+* ``sgns``: skip-gram with negative sampling (item2vec): a logistic loss on the true pair and
+  on ``negatives`` movies drawn from the unigram distribution raised to ``ns_exponent``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class ItemEmbeddings(nn.Module):
+    def __init__(self, num_items: int, dim: int, sparse: bool) -> None:
+        super().__init__()
+        self.inp = nn.Embedding(num_items, dim, sparse=sparse)
+        self.out = nn.Embedding(num_items, dim, sparse=sparse)
+        self.bias = nn.Embedding(num_items, 1, sparse=sparse)
+        nn.init.uniform_(self.inp.weight, -0.5 / dim, 0.5 / dim)  # word2vec's initialisation
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.bias.weight)
+
+    def softmax_loss(self, centers: torch.Tensor, partner_counts: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy over the pairs summarised by ``partner_counts`` (centers x items)."""
+        logits = self.inp(centers) @ self.out.weight.T + self.bias.weight.T
+        nll = -(partner_counts * F.log_softmax(logits, dim=1)).sum()
+        return nll / partner_counts.sum().clamp(min=1.0)
+
+    def sgns_loss(
+        self, centers: torch.Tensor, contexts: torch.Tensor, negatives: torch.Tensor
+    ) -> torch.Tensor:
+        """Mean negative-sampling loss; ``negatives`` is (batch, k)."""
+        u = self.inp(centers)  # (b, d)
+        pos = (u * self.out(contexts)).sum(1) + self.bias(contexts).squeeze(1)
+        neg = torch.einsum("bd,bkd->bk", u, self.out(negatives)) + self.bias(negatives).squeeze(2)
+        return (F.softplus(-pos) + F.softplus(neg).sum(1)).mean()

@@ -1,0 +1,30 @@
+"""Load -> corpus -> train -> export: what ``movierec train`` runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from trainer import movielens
+from trainer.config import TrainConfig
+from trainer.corpus import build_corpus
+from trainer.export import export
+from trainer.train import train
+
+
+def run_training(
+    out: Path,
+    config: TrainConfig,
+    *,
+    data: Path | None = None,
+    ratings: Path | None = None,
+    movies: Path | None = None,
+    show_progress: bool = True,
+) -> dict[str, Any]:
+    """Train on a MovieLens folder (or explicit files) and write artifacts to ``out``;
+    returns the manifest."""
+    dataset = movielens.load(data, ratings=ratings, movies=movies)
+    corpus = build_corpus(dataset, config.like_threshold, config.min_count)
+    embeddings = train(corpus, config, show_progress=show_progress)
+    source = str(data if data is not None else ratings)
+    return export(Path(out), corpus, embeddings, config, source=source)
