@@ -1,0 +1,7 @@
+"""python -m movierec ..."""
+
+import sys
+
+from movierec.cli import main
+
+sys.exit(main())

@@ -1,0 +1,149 @@
+"""The core: aggregate watched-movie vectors, search the FAISS index, exclude what was
+watched, return scored movies. Plain numpy/FAISS and no gRPC, so it is tested against a
+brute-force reference, benchmarked and reused (``movierec evaluate`` scores through it).
+
+Usage::
+
+    rec = Recommender(read_artifacts(Path("artifacts/mls")))
+    rec.recommend(user_id=1, k=10)          # a known user's history
+    rec.recommend_for_movies([1, 2, 3], k=10)  # a new user: inline history
+    rec.similar(movie_id=1, k=10)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import faiss
+import numpy as np
+import numpy.typing as npt
+
+from movierec.artifacts import Artifacts, Movie
+
+MAX_K = 1000  # results per call; FAISS allocates k-sized buffers per query
+MAX_HISTORY = 10_000  # inline watched movies per call
+
+
+class RecommenderError(Exception):
+    """Base of the errors a caller can cause."""
+
+
+class InvalidArgumentError(RecommenderError, ValueError):
+    """An argument outside what is allowed; the message says what is."""
+
+
+class NotFoundError(RecommenderError, LookupError):
+    """A user or movie the model does not know; the message names the id."""
+
+
+@dataclass(frozen=True)
+class Scored:
+    movie: Movie
+    score: float
+
+
+@dataclass(frozen=True)
+class Recommendations:
+    items: list[Scored]  # best first
+    ignored_movie_ids: list[int]  # inline ids the model does not know
+
+
+class Recommender:
+    def __init__(self, artifacts: Artifacts) -> None:
+        self.artifacts = artifacts
+        self.model_version = artifacts.model_version
+        self._movies = artifacts.movies
+        self._vectors = artifacts.vectors
+        self._index = artifacts.index
+        self._histories = artifacts.histories
+        self._like_threshold = float(artifacts.aggregation.get("like_threshold", -np.inf))
+        self._order = np.argsort(artifacts.movie_ids)  # row_of via binary search, vectorised
+        self._sorted_ids = artifacts.movie_ids[self._order]
+
+    @property
+    def num_movies(self) -> int:
+        return len(self._movies)
+
+    def movie(self, movie_id: int) -> Movie:
+        rows, _ = self._rows_of([movie_id])
+        if not len(rows):
+            raise NotFoundError(f"movie {movie_id} is not in the catalogue")
+        return self._movies[int(rows[0])]
+
+    def recommend(self, user_id: int, k: int, include_watched: bool = False) -> Recommendations:
+        """Top-k for a user known to the model, from their training history."""
+        _check_k(k)
+        found = self._histories.lookup(user_id)
+        if found is None:
+            raise NotFoundError(f"user {user_id} is not known to this model")
+        rows, ratings = found
+        liked = ratings >= self._like_threshold
+        query = self._aggregate(rows[liked] if liked.any() else rows)
+        return Recommendations(self._search(query, k, None if include_watched else rows), [])
+
+    def recommend_for_movies(
+        self, movie_ids: Sequence[int], k: int, include_watched: bool = False
+    ) -> Recommendations:
+        """Top-k for an inline history (a new user). Unknown ids are skipped and reported;
+        if none is known, NotFoundError."""
+        _check_k(k)
+        if not 1 <= len(movie_ids) <= MAX_HISTORY:
+            raise InvalidArgumentError(
+                f"movie_ids must hold 1 to {MAX_HISTORY} ids, got {len(movie_ids)}"
+            )
+        rows, ignored = self._rows_of(movie_ids)
+        if not len(rows):
+            shown = ", ".join(map(str, ignored[:10])) + (", ..." if len(ignored) > 10 else "")
+            raise NotFoundError(f"none of the movie_ids is in the catalogue: {shown}")
+        items = self._search(self._aggregate(rows), k, None if include_watched else rows)
+        return Recommendations(items, ignored)
+
+    def similar(self, movie_id: int, k: int) -> list[Scored]:
+        """The k movies nearest to one movie, itself excluded."""
+        _check_k(k)
+        rows, _ = self._rows_of([movie_id])
+        if not len(rows):
+            raise NotFoundError(f"movie {movie_id} is not in the catalogue")
+        return self._search(self._aggregate(rows), k, rows)
+
+    def _rows_of(self, movie_ids: Sequence[int]) -> tuple[npt.NDArray[np.int64], list[int]]:
+        ids = np.asarray(movie_ids, dtype=np.int64)
+        pos = np.minimum(np.searchsorted(self._sorted_ids, ids), len(self._sorted_ids) - 1)
+        known = self._sorted_ids[pos] == ids
+        return np.unique(self._order[pos[known]]), ids[~known].tolist()
+
+    def _aggregate(self, rows: npt.NDArray[np.integer]) -> npt.NDArray[np.float32]:
+        """Element-wise mean of the rows' vectors, re-normalised to unit length."""
+        query: npt.NDArray[np.float32] = np.take(self._vectors, rows, axis=0).mean(
+            axis=0, dtype=np.float32
+        )
+        query /= max(float(np.linalg.norm(query)), 1e-12)
+        return query.reshape(1, -1)
+
+    def _search(
+        self, query: npt.NDArray[np.float32], k: int, exclude: npt.NDArray[np.integer] | None
+    ) -> list[Scored]:
+        params = None
+        available = self._index.ntotal
+        if exclude is not None and len(exclude):
+            excluded = np.unique(exclude).astype(np.int64)
+            # faiss's Python wrapper accepts the selector as a keyword; its stubs do not know
+            params = faiss.SearchParameters(  # type: ignore[call-arg]
+                sel=faiss.IDSelectorNot(faiss.IDSelectorBatch(excluded))
+            )
+            available -= len(excluded)
+        k = min(k, available)
+        if k <= 0:
+            return []
+        scores, ids = self._index.search(query, k, params=params)
+        return [
+            Scored(self._movies[i], float(s))
+            for i, s in zip(ids[0], scores[0], strict=True)
+            if i >= 0
+        ]
+
+
+def _check_k(k: int) -> None:
+    if not 1 <= k <= MAX_K:
+        raise InvalidArgumentError(f"k must be between 1 and {MAX_K}, got {k}")

@@ -1,0 +1,106 @@
+"""RecommenderService over gRPC: validate the request, call the core, build the response.
+Domain errors become status codes in one place (``_status_of``); no exception ever reaches a
+client as UNKNOWN with a traceback."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+
+from movierec.v1 import recommender_pb2 as pb
+from movierec.v1 import recommender_pb2_grpc as pb_grpc
+from server.recommender import (
+    InvalidArgumentError,
+    NotFoundError,
+    Recommender,
+    RecommenderError,
+    Scored,
+)
+
+log = logging.getLogger(__name__)
+
+Context = grpc.aio.ServicerContext[Any, Any]
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+Handler = Callable[["RecommenderServicer", Req, Context], Awaitable[Resp]]
+
+
+def _status_of(error: RecommenderError) -> grpc.StatusCode:
+    if isinstance(error, NotFoundError):
+        return grpc.StatusCode.NOT_FOUND
+    if isinstance(error, InvalidArgumentError):
+        return grpc.StatusCode.INVALID_ARGUMENT
+    return grpc.StatusCode.FAILED_PRECONDITION
+
+
+def _rpc(handler: Handler[Req, Resp]) -> Handler[Req, Resp]:
+    """Map domain errors to their status code and anything unexpected to INTERNAL, logged
+    here with its traceback and never sent to the client."""
+
+    @functools.wraps(handler)
+    async def wrapper(self: RecommenderServicer, request: Req, context: Context) -> Resp:
+        try:
+            return await handler(self, request, context)
+        except RecommenderError as e:
+            await context.abort(_status_of(e), str(e))
+        except grpc.aio.AbortError:
+            raise
+        except Exception:
+            log.exception("%s failed", handler.__name__)
+            await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the server log")
+        raise AssertionError("unreachable: abort raises")
+
+    return wrapper
+
+
+def _recommendation(item: Scored) -> pb.Recommendation:
+    m = item.movie
+    return pb.Recommendation(
+        movie_id=m.movie_id, title=m.title, genres=m.genres, similarity=item.score, year=m.year or 0
+    )
+
+
+class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
+    def __init__(self, recommender: Recommender) -> None:
+        # Swapped as one reference on reload; each call reads it once, so an answer never
+        # mixes two models.
+        self.recommender = recommender
+
+    @_rpc
+    async def Recommend(
+        self, request: pb.RecommendRequest, context: Context
+    ) -> pb.RecommendResponse:
+        rec = self.recommender
+        has_user = request.HasField("user_id")
+        if has_user == bool(request.movie_ids):
+            raise InvalidArgumentError("set exactly one of user_id or movie_ids")
+        if has_user:
+            result = rec.recommend(request.user_id, request.k, request.include_watched)
+        else:
+            result = rec.recommend_for_movies(request.movie_ids, request.k, request.include_watched)
+        return pb.RecommendResponse(
+            recommendations=[_recommendation(s) for s in result.items],
+            model_version=rec.model_version,
+            ignored_movie_ids=result.ignored_movie_ids,
+        )
+
+    @_rpc
+    async def SimilarMovies(
+        self, request: pb.SimilarMoviesRequest, context: Context
+    ) -> pb.SimilarMoviesResponse:
+        rec = self.recommender
+        items = rec.similar(request.movie_id, request.k)
+        return pb.SimilarMoviesResponse(
+            recommendations=[_recommendation(s) for s in items], model_version=rec.model_version
+        )
+
+    @_rpc
+    async def GetMovie(self, request: pb.GetMovieRequest, context: Context) -> pb.GetMovieResponse:
+        rec = self.recommender
+        m = rec.movie(request.movie_id)
+        movie = pb.Movie(movie_id=m.movie_id, title=m.title, genres=m.genres, year=m.year or 0)
+        return pb.GetMovieResponse(movie=movie, model_version=rec.model_version)
