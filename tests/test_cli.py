@@ -1,0 +1,124 @@
+"""The CLI as a user runs it: real processes, a real server, signals."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
+
+
+def run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", *args], capture_output=True, text=True, timeout=timeout, env=ENV
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.parametrize("module", ["movierec", "trainer", "server"])
+def test_help(module: str) -> None:
+    result = run(module, "--help")
+    assert result.returncode == 0, result.stderr
+    assert "usage:" in result.stdout
+
+
+def test_train_flags_carry_their_comments() -> None:
+    out = run("movierec", "train", "--help").stdout
+    assert "--like-threshold" in out and "watched and liked" in out
+
+
+def start_server(artifacts: Path, port: int) -> subprocess.Popen[str]:
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "movierec",
+            "serve",
+            "--artifacts",
+            str(artifacts),
+            "--port",
+            str(port),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=ENV,
+    )
+    assert proc.stdout is not None
+    deadline = time.monotonic() + 60
+    for line in proc.stdout:
+        if "movierec is serving" in line:
+            return proc
+        assert time.monotonic() < deadline, "server did not start"
+    raise AssertionError(f"server exited with {proc.wait()}")
+
+
+def test_serve_recommend_similar_and_sigterm(artifacts_dir: Path, recommender) -> None:
+    port = free_port()
+    proc = start_server(artifacts_dir, port)
+    try:
+        target = f"127.0.0.1:{port}"
+        user = str(int(recommender.artifacts.histories.user_ids[0]))
+        table = run("movierec", "recommend", "--target", target, "--user", user, "-k", "3")
+        assert table.returncode == 0, table.stderr
+        lines = table.stdout.splitlines()
+        assert lines[0].split() == ["MovieId", "Title", "Genres", "Similarity"]
+        assert len(lines) == 5 and lines[-1].startswith("(model ")
+        similar = run(
+            "movierec", "similar", "--target", target, "--movie", "1", "-k", "4", "--json"
+        )
+        assert len(json.loads(similar.stdout)["recommendations"]) == 4
+        missing = run("movierec", "recommend", "--target", target, "--user", "999999999")
+        assert missing.returncode == 1
+        assert (
+            missing.stderr.strip() == "movierec recommend: NOT_FOUND: user 999999999 is not "
+            "known to this model"
+        )
+        assert run("movierec", "health", "--target", target).stdout.strip() == "SERVING"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+        assert proc.stdout is not None
+        assert "stopped" in proc.stdout.read()
+        proc.stdout.close()
+
+
+def test_serve_refuses_a_damaged_artifact(artifacts_dir: Path, tmp_path: Path) -> None:
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(artifacts_dir, broken)
+    index = broken / "index.faiss"
+    data = bytearray(index.read_bytes())
+    data[40] ^= 0x01
+    index.write_bytes(data)
+    result = run("movierec", "serve", "--artifacts", str(broken), "--port", "0")
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"movierec serve: error: {index}: sha256 does not match the manifest (corrupt)"
+    )
+
+
+def test_train_reports_bad_data_in_one_line(tmp_path: Path) -> None:
+    (tmp_path / "movies.csv").write_text("movieId,title,genres\n1,A (2000),Drama\n")
+    (tmp_path / "ratings.csv").write_text("userId,movieId,rating,timestamp\n1,1,x,0\n")
+    result = run("movierec", "train", "--data", str(tmp_path), "--out", str(tmp_path / "a"))
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"movierec train: error: {tmp_path / 'ratings.csv'}:2: column 'rating' has 'x', "
+        "expected a number"
+    )
+    assert not (tmp_path / "a").exists()

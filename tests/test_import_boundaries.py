@@ -1,0 +1,46 @@
+"""Serving never imports torch or pandas: load artifacts and answer an RPC in a fresh
+interpreter, then look at sys.modules."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+SCRIPT = """
+import asyncio, sys
+from movierec.client import RecommenderClient
+from server.app import build_server, load_recommender
+
+async def main():
+    running = await build_server(load_recommender(sys.argv[1]), "127.0.0.1:0")
+    def call():
+        with RecommenderClient(f"127.0.0.1:{running.port}") as c:
+            return c.recommend_for_movies([1, 2], k=3)
+    response = await asyncio.to_thread(call)
+    await running.server.stop(None)
+    assert len(response.recommendations) == 3
+asyncio.run(main())
+heavy = sorted(m for m in ("torch", "pandas", "tqdm", "trainer") if m in sys.modules)
+print("heavy:", heavy)
+"""
+
+
+def test_serving_imports_neither_torch_nor_pandas(artifacts_dir: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", SCRIPT, str(artifacts_dir)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "heavy: []"
+
+
+def test_cli_query_commands_import_neither() -> None:
+    code = (
+        "import sys; from movierec.cli import _parser; _parser(); "
+        "print(sorted(m for m in ('torch', 'pandas') if m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.stdout.strip() == "[]", result.stderr

@@ -1,0 +1,161 @@
+"""The real server on a loopback port, called through the real client."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from movierec.client import RecommenderClient
+from movierec.v1 import recommender_pb2 as pb
+from movierec.v1 import recommender_pb2_grpc as pb_grpc
+from server.app import RunningServer
+from server.recommender import MAX_HISTORY, MAX_K, Recommender
+
+
+@pytest.fixture(scope="module")
+def stub(running_server: RunningServer):
+    with grpc.insecure_channel(f"127.0.0.1:{running_server.port}") as channel:
+        yield pb_grpc.RecommenderServiceStub(channel)
+
+
+def code_and_details(call, request) -> tuple[grpc.StatusCode, str]:
+    with pytest.raises(grpc.RpcError) as e:
+        call(request, timeout=5)
+    return e.value.code(), e.value.details()
+
+
+def test_recommend_for_a_user_matches_the_core(
+    client: RecommenderClient, recommender: Recommender
+) -> None:
+    user = int(recommender.artifacts.histories.user_ids[3])
+    response = client.recommend(user, k=10)
+    assert len(response.recommendations) == 10
+    assert response.model_version == recommender.model_version
+    core = recommender.recommend(user, 10).items
+    assert [r.movie_id for r in response.recommendations] == [s.movie.movie_id for s in core]
+    first = response.recommendations[0]
+    movie = core[0].movie
+    assert (first.title, tuple(first.genres), first.year) == (
+        movie.title,
+        movie.genres,
+        movie.year or 0,
+    )
+    assert first.similarity == pytest.approx(core[0].score, rel=1e-6)
+
+
+def test_recommend_for_an_inline_history(
+    client: RecommenderClient, recommender: Recommender
+) -> None:
+    ids = [int(i) for i in recommender.artifacts.movie_ids[:5]]
+    response = client.recommend_for_movies([*ids, -1], k=7)
+    assert len(response.recommendations) == 7
+    assert list(response.ignored_movie_ids) == [-1]
+    assert not set(ids) & {r.movie_id for r in response.recommendations}
+
+
+def test_similar_and_get_movie(client: RecommenderClient, recommender: Recommender) -> None:
+    movie = recommender.artifacts.movies[0]
+    similar = client.similar(movie.movie_id, k=5)
+    assert len(similar.recommendations) == 5
+    assert movie.movie_id not in {r.movie_id for r in similar.recommendations}
+    got = client.movie(movie.movie_id)
+    assert (got.movie_id, got.title, tuple(got.genres)) == (
+        movie.movie_id,
+        movie.title,
+        movie.genres,
+    )
+
+
+@pytest.mark.parametrize(
+    ("request_", "code", "details"),
+    [
+        (
+            pb.RecommendRequest(k=5),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "set exactly one of user_id or movie_ids",
+        ),
+        (
+            pb.RecommendRequest(user_id=1, movie_ids=[1], k=5),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "set exactly one of user_id or movie_ids",
+        ),
+        (
+            pb.RecommendRequest(user_id=1, k=0),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"k must be between 1 and {MAX_K}, got 0",
+        ),
+        (
+            pb.RecommendRequest(user_id=1, k=-3),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"k must be between 1 and {MAX_K}, got -3",
+        ),
+        (
+            pb.RecommendRequest(user_id=1, k=2**31 - 1),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"k must be between 1 and {MAX_K}",
+        ),
+        (
+            pb.RecommendRequest(movie_ids=[1] * (MAX_HISTORY + 1), k=5),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"movie_ids must hold 1 to {MAX_HISTORY} ids",
+        ),
+        (
+            pb.RecommendRequest(user_id=10**15, k=5),
+            grpc.StatusCode.NOT_FOUND,
+            f"user {10**15} is not known",
+        ),
+        (
+            pb.RecommendRequest(movie_ids=[-1, -2], k=5),
+            grpc.StatusCode.NOT_FOUND,
+            "none of the movie_ids is in the catalogue: -1, -2",
+        ),
+    ],
+)
+def test_recommend_errors(stub, request_, code, details) -> None:
+    got_code, got_details = code_and_details(stub.Recommend, request_)
+    assert got_code == code
+    assert details in got_details
+    assert "Traceback" not in got_details
+
+
+def test_similar_and_get_movie_errors(stub) -> None:
+    assert code_and_details(stub.SimilarMovies, pb.SimilarMoviesRequest(movie_id=-9, k=3)) == (
+        grpc.StatusCode.NOT_FOUND,
+        "movie -9 is not in the catalogue",
+    )
+    code, _ = code_and_details(stub.SimilarMovies, pb.SimilarMoviesRequest(movie_id=1, k=0))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert (
+        code_and_details(stub.GetMovie, pb.GetMovieRequest(movie_id=-9))[0]
+        == grpc.StatusCode.NOT_FOUND
+    )
+
+
+def test_oversized_message_is_rejected(stub) -> None:
+    code, _ = code_and_details(stub.Recommend, pb.RecommendRequest(movie_ids=[1] * 2_000_000, k=5))
+    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def test_health_is_serving(client: RecommenderClient, running_server: RunningServer) -> None:
+    assert client.health() == "SERVING"
+    assert client.health("movierec.v1.RecommenderService") == "SERVING"
+    with (
+        grpc.insecure_channel(f"127.0.0.1:{running_server.port}") as channel,
+        pytest.raises(grpc.RpcError) as e,
+    ):
+        health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service="no.such.Service"), timeout=5
+        )
+    assert e.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_reflection_lists_the_services(running_server: RunningServer) -> None:
+    with grpc.insecure_channel(f"127.0.0.1:{running_server.port}") as channel:
+        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+        responses = stub.ServerReflectionInfo(
+            iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5
+        )
+        names = {s.name for r in responses for s in r.list_services_response.service}
+    assert {"movierec.v1.RecommenderService", "grpc.health.v1.Health"} <= names
