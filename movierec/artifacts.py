@@ -5,8 +5,10 @@ Layout (format version 1)::
     manifest.json    format_version, model_version, settings, counts, index facts, and the
                      size and sha256 of every other file (written last)
     movies.json      [{"movie_id", "title", "genres": [...], "year": int | null}, ...]
-    vectors.npy      float32 (movies, dim): the vectors a query aggregates, row i = movies[i]
-    index.faiss      FAISS inner-product index whose id i is row i of the catalogue
+    vectors.npy      float32 (movies, dim), unit rows: what a query aggregates, row i = movies[i]
+    index.faiss      FAISS inner-product index whose id i is row i of the catalogue; its
+                     dimension is dim, or dim + 1 when aggregation.append_one is set (the
+                     query is then [normalised mean, 1] and the extra dimension a bias)
     histories.npz    each user's training history as CSR: user_ids, indptr, rows, ratings
 
 Reader and writer live side by side here. The reader verifies every checksum before a file
@@ -239,6 +241,9 @@ def read_artifacts(path: Path) -> Artifacts:
         raise ArtifactError(f"{path / INDEX}: loaded {facts}, manifest says {manifest['index']}")
     if manifest["dim"] != vectors.shape[1]:
         raise ArtifactError(f"{path / VECTORS}: dimension {vectors.shape[1]} != {manifest['dim']}")
+    query_dim = vectors.shape[1] + (1 if manifest["aggregation"].get("append_one") else 0)
+    if index.d != query_dim:
+        raise ArtifactError(f"{path / INDEX}: dimension {index.d}, queries have {query_dim}")
     return Artifacts(
         manifest=manifest,
         movies=movies,

@@ -57,7 +57,10 @@ class Recommender:
         self._vectors = artifacts.vectors
         self._index = artifacts.index
         self._histories = artifacts.histories
-        self._like_threshold = float(artifacts.aggregation.get("like_threshold", -np.inf))
+        aggregation = artifacts.aggregation
+        self._like_threshold = float(aggregation.get("like_threshold", -np.inf))
+        # The index may carry one extra dimension (a bias); the query then ends in a 1.
+        self._append_one = bool(aggregation.get("append_one", False))
         self._order = np.argsort(artifacts.movie_ids)  # row_of via binary search, vectorised
         self._sorted_ids = artifacts.movie_ids[self._order]
 
@@ -114,11 +117,13 @@ class Recommender:
         return np.unique(self._order[pos[known]]), ids[~known].tolist()
 
     def _aggregate(self, rows: npt.NDArray[np.integer]) -> npt.NDArray[np.float32]:
-        """Element-wise mean of the rows' vectors, re-normalised to unit length."""
-        query: npt.NDArray[np.float32] = np.take(self._vectors, rows, axis=0).mean(
-            axis=0, dtype=np.float32
+        """Element-wise mean of the rows' vectors, re-normalised to unit length (then a 1
+        appended when the index carries a bias dimension)."""
+        mean = np.take(self._vectors, rows, axis=0).mean(axis=0, dtype=np.float32)
+        mean /= max(float(np.linalg.norm(mean)), 1e-12)
+        query: npt.NDArray[np.float32] = (
+            np.append(mean, np.float32(1.0)) if self._append_one else mean
         )
-        query /= max(float(np.linalg.norm(query)), 1e-12)
         return query.reshape(1, -1)
 
     def _search(

@@ -75,9 +75,14 @@ def test_exactly_k_until_the_catalogue_runs_out(recommender: Recommender) -> Non
 
 
 def test_include_watched_can_return_watched_movies(recommender: Recommender) -> None:
-    ids = recommender.artifacts.movie_ids
-    got = recommender.recommend_for_movies([int(ids[5])], 1, include_watched=True)
-    assert got.items[0].movie.movie_id == int(ids[5])  # a movie is nearest to itself
+    movie = int(recommender.artifacts.movie_ids[5])
+    k = min(MAX_K, recommender.num_movies)
+    with_watched = recommender.recommend_for_movies([movie], k, include_watched=True).items
+    assert movie in {s.movie.movie_id for s in with_watched}
+    assert len(with_watched) == k
+    without = recommender.recommend_for_movies([movie], k).items
+    assert movie not in {s.movie.movie_id for s in without}
+    assert len(without) == min(k, recommender.num_movies - 1)
 
 
 def test_similar_excludes_the_movie_itself(recommender: Recommender) -> None:

@@ -10,14 +10,17 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-OBJECTIVES = ("sgns", "softmax")
+OBJECTIVES = ("cbow", "sgns", "softmax")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    objective: str = "sgns"  # "sgns" (item2vec, negative sampling) or "softmax" (full softmax)
-    dim: int = 64  # embedding size (the notebook's hidden layer)
-    epochs: int = 10  # passes over the (re-sampled) pairs
+    objective: str = "cbow"  # "cbow" (whole baskets), "sgns" (item2vec pairs), "softmax" (pairs)
+    dim: int = 256  # embedding size (the notebook's hidden layer)
+    epochs: int = 30  # passes over the users (cbow) or the re-sampled pairs
+    keep: float = 0.7  # cbow: share of a user's liked movies drawn as context per step
+    users_per_step: int = 64  # cbow: users per optimiser step
+    rating_weight: float = 0.5  # cbow: a target weighs 1 + rating_weight * (stars - 4)
     partners: int = 10  # partners drawn per liked movie per epoch, instead of all n^2 pairs
     window: int = 0  # 0: partners from the whole history; k: within k of it in time order
     like_threshold: float = 3.5  # ratings >= this are "watched and liked" (pairs and queries)
@@ -25,7 +28,7 @@ class TrainConfig:
     negatives: int = 10  # sgns: negative movies per pair
     ns_exponent: float = 0.75  # sgns: negatives ~ count^ns_exponent (0 uniform, 1 unigram)
     subsample: float = 0.0  # word2vec subsampling of frequent movies (e.g. 1e-3); 0 = off
-    lr: float = 0.01  # Adam learning rate
+    lr: float = 0.005  # Adam learning rate
     batch_size: int = 4096  # sgns: pairs per step; softmax: 1/16 of it as movies per step
     seed: int = 0  # seeds sampling and initialisation: same seed, same artifact
     threads: int = 0  # torch intra-op threads; 0 = all cores
@@ -33,11 +36,13 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}")
-        for name in ("dim", "epochs", "partners", "negatives", "batch_size"):
+        for name in ("dim", "epochs", "partners", "negatives", "batch_size", "users_per_step"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.min_count < 1 or self.window < 0 or self.lr <= 0 or self.subsample < 0:
             raise ValueError("min_count >= 1, window >= 0, lr > 0 and subsample >= 0 are required")
+        if not 0 < self.keep <= 1:
+            raise ValueError(f"keep must be in (0, 1], got {self.keep}")
 
 
 def options() -> list[tuple[str, type, Any, str]]:

@@ -58,4 +58,8 @@ def build_corpus(data: MovieLens, like_threshold: float, min_count: int) -> Corp
 
 def _baskets(rows: np.ndarray, ratings: pd.DataFrame) -> Baskets:
     _, first = np.unique(ratings["user_id"].to_numpy(), return_index=True)
-    return Baskets(np.append(first, len(rows)).astype(np.int64), rows.astype(np.int64))
+    return Baskets(
+        np.append(first, len(rows)).astype(np.int64),
+        rows.astype(np.int64),
+        ratings["rating"].to_numpy(np.float32),
+    )

@@ -24,25 +24,31 @@ def normalize_rows(x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
 def export(
     out: Path, corpus: Corpus, embeddings: Embeddings, config: TrainConfig, source: str
 ) -> dict[str, Any]:
-    """Write L2-normalised W_in rows and an exact inner-product index over them; a user's
-    query is the re-normalised mean of their liked movies' rows (all rated ones if none is
-    liked), so similarities are cosines."""
+    """Write the artifact directory for the trained model.
+
+    A user's query is always the re-normalised mean of their liked movies' rows of
+    ``vectors.npy`` (all rated ones if none is liked); what the index holds depends on the
+    objective:
+
+    * cbow: the output vectors with the output bias as one extra dimension, and the query
+      gets a constant 1 appended, so inner-product search ranks by exactly the trained
+      score <query, out_j> + bias_j (a popularity prior included).
+    * sgns, softmax: the L2-normalised input vectors themselves, so similarities are cosines
+      (the notebook's recipe).
+    """
     vectors = normalize_rows(embeddings.inp)
-    index = faiss.IndexFlatIP(vectors.shape[1])
-    index.add(vectors)
-    settings = {
-        "source": source,
-        "source_movies": corpus.rated_movies,
-        "train_seconds": round(embeddings.seconds, 2),
-        **asdict(config),
-    }
-    aggregation = {"method": "mean", "like_threshold": config.like_threshold}
-    return write_artifacts(
-        out,
-        movies=corpus.movies,
-        vectors=vectors,
-        index=index,
-        histories=corpus.histories,
-        settings=settings,
-        aggregation=aggregation,
-    )
+    if config.objective == "cbow":
+        indexed = np.hstack([embeddings.out, embeddings.bias[:, None]]).astype(np.float32)
+        aggregation = {"method": "mean", "like_threshold": config.like_threshold,
+                       "append_one": True}  # fmt: skip
+    else:
+        indexed = vectors
+        aggregation = {"method": "mean", "like_threshold": config.like_threshold,
+                       "append_one": False}  # fmt: skip
+    index = faiss.IndexFlatIP(indexed.shape[1])
+    index.add(np.ascontiguousarray(indexed))
+    settings = {"source": source, "source_movies": corpus.rated_movies,
+                "train_seconds": round(embeddings.seconds, 2), **asdict(config)}  # fmt: skip
+    return write_artifacts(out, movies=corpus.movies, vectors=vectors, index=index,
+                           histories=corpus.histories, settings=settings,
+                           aggregation=aggregation)  # fmt: skip

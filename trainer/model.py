@@ -1,7 +1,15 @@
 """The item2vec network: one input vector per movie (the notebook's W_in, what users'
 histories aggregate) and one output vector plus a bias per movie (what a movie is scored by).
 
-Two losses over co-watch pairs (movie1 -> movie2):
+Three losses. Over whole baskets:
+
+* ``cbow``: a random part of a user's liked movies is the context; the normalised mean of
+  its input vectors is scored against every movie (output vector + bias, a full softmax) and
+  every movie the user liked is a target. This is exactly what the server computes (normalised
+  mean of the history, inner product with [output vector, bias]), so training optimises the
+  served ranking itself.
+
+Over co-watch pairs (movie1 -> movie2):
 
 * ``softmax``: the notebook's formulation, scores over every movie and cross-entropy against
   movie2. All pairs that share movie1 have the same softmax, so a batch is a set of distinct
@@ -24,9 +32,27 @@ class ItemEmbeddings(nn.Module):
         self.inp = nn.Embedding(num_items, dim, sparse=sparse)
         self.out = nn.Embedding(num_items, dim, sparse=sparse)
         self.bias = nn.Embedding(num_items, 1, sparse=sparse)
-        nn.init.uniform_(self.inp.weight, -0.5 / dim, 0.5 / dim)  # word2vec's initialisation
-        nn.init.zeros_(self.out.weight)
+        nn.init.normal_(self.inp.weight, std=0.01)
+        nn.init.normal_(self.out.weight, std=0.01)
         nn.init.zeros_(self.bias.weight)
+
+    def cbow_loss(
+        self,
+        context: torch.Tensor,
+        context_user: torch.Tensor,
+        targets: torch.Tensor,
+        target_user: torch.Tensor,
+        target_weight: torch.Tensor,
+        num_users: int,
+    ) -> torch.Tensor:
+        """Weighted mean cross-entropy of every target given its user's context (users
+        0..num_users-1)."""
+        h = torch.zeros(num_users, self.inp.embedding_dim).index_add_(
+            0, context_user, self.inp(context)
+        )
+        logits = F.normalize(h, dim=1) @ self.out.weight.T + self.bias.weight.T
+        nll = -F.log_softmax(logits, dim=1)[target_user, targets]
+        return (nll * target_weight).sum() / target_weight.sum()
 
     def softmax_loss(self, centers: torch.Tensor, partner_counts: torch.Tensor) -> torch.Tensor:
         """Mean cross-entropy over the pairs summarised by ``partner_counts`` (centers x items)."""

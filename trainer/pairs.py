@@ -1,4 +1,5 @@
-"""Co-watch pairs (movie1, movie2) drawn from users' histories, vectorised and seeded.
+"""Co-watch samples drawn from users' histories, vectorised and seeded: pairs
+(movie1, movie2) for the pair objectives, and (context, targets) baskets for CBOW.
 
 A user who watched n movies has n(n-1) ordered pairs; counting them all lets a few heavy
 watchers shape every vector (and does not scale), so each epoch draws a fixed number of
@@ -24,17 +25,15 @@ class Baskets:
 
     indptr: IntArray
     items: IntArray
+    ratings: npt.NDArray[np.float32]  # the stars of each entry
 
     @classmethod
     def from_lists(cls, lists: list[list[int]]) -> Baskets:
+        """Baskets from plain lists (every entry rated 4 stars)."""
         lengths = np.array([len(x) for x in lists], dtype=np.int64)
         indptr = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-        items = (
-            np.concatenate([np.asarray(x, dtype=np.int64) for x in lists])
-            if lists
-            else np.zeros(0, np.int64)
-        )
-        return cls(indptr, items)
+        items = np.concatenate([np.asarray(x, dtype=np.int64) for x in lists])
+        return cls(indptr, items, np.full(len(items), 4.0, dtype=np.float32))
 
     @property
     def lengths(self) -> IntArray:
@@ -116,3 +115,23 @@ def iter_pair_chunks(
             window,
             slice(int(start), int(min(start + chunk_entries, n))),
         )
+
+
+def sample_contexts(
+    baskets: Baskets, users: IntArray, keep: float, rng: np.random.Generator
+) -> tuple[IntArray, IntArray, IntArray, IntArray, npt.NDArray[np.float32]]:
+    """CBOW over whole baskets: for each of ``users``, a random share ``keep`` of their
+    movies (at least one) is the context, and every one of their movies is a target.
+
+    Returns (context_items, context_user, target_items, target_user, target_ratings) with
+    users numbered 0..len(users)-1 in the order given.
+    """
+    indptr, items = baskets.indptr, baskets.items
+    lengths = indptr[users + 1] - indptr[users]
+    owner = np.repeat(np.arange(len(users), dtype=np.int64), lengths)
+    starts = np.repeat(indptr[users] - np.cumsum(lengths) + lengths, lengths)
+    entries = np.arange(len(owner), dtype=np.int64) + starts
+    chosen = rng.random(len(entries)) < keep
+    empty = np.bincount(owner, weights=chosen, minlength=len(users)) == 0
+    chosen |= empty[owner]  # a user whose draw kept nothing uses the whole basket
+    return items[entries[chosen]], owner[chosen], items[entries], owner, baskets.ratings[entries]

@@ -1,4 +1,4 @@
-"""Train movie embeddings from co-watch pairs; read top to bottom.
+"""Train movie embeddings from what the same users watched; read top to bottom.
 
     movierec train --data ../shared/data/ml-latest-small --out artifacts/mls
 
@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,7 +21,7 @@ from tqdm import tqdm
 from trainer.config import TrainConfig
 from trainer.corpus import Corpus
 from trainer.model import ItemEmbeddings
-from trainer.pairs import iter_pair_chunks, keep_probabilities
+from trainer.pairs import Baskets, iter_pair_chunks, keep_probabilities, sample_contexts
 
 log = logging.getLogger(__name__)
 
@@ -41,52 +42,98 @@ def train(corpus: Corpus, config: TrainConfig, show_progress: bool = True) -> Em
     rng = np.random.default_rng(config.seed)
     n = len(corpus.movies)
     counts = corpus.baskets.item_counts(n)
-    keep = keep_probabilities(counts, config.subsample) if config.subsample > 0 else None
     model = ItemEmbeddings(n, config.dim, sparse=config.objective == "sgns")
-    if config.objective == "sgns":
-        optimizer: torch.optim.Optimizer = torch.optim.SparseAdam(model.parameters(), config.lr)
-        noise = torch.from_numpy(counts.astype(np.float64) ** config.ns_exponent)
-        noise[counts == 0] = 0.0
+    optimizer: torch.optim.Optimizer
+    if config.objective == "sgns":  # sparse rows: only the movies in a batch are updated
+        optimizer = torch.optim.SparseAdam(model.parameters(), config.lr)
     else:
         optimizer = torch.optim.Adam(model.parameters(), config.lr)
-    pairs_per_epoch = int(len(corpus.baskets.items) * config.partners)
+    epoch_steps, units, unit = _objective(corpus, config, model, optimizer, counts, rng)
     log.info(
-        "training %s: %d movies, %d liked ratings, ~%d pairs/epoch, dim %d",
-        config.objective,
-        n,
-        len(corpus.baskets.items),
-        pairs_per_epoch,
-        config.dim,
-    )
+        "training %s: %d movies, %d users, %d liked ratings, %d %ss/epoch, dim %d",
+        config.objective, n, len(corpus.baskets.lengths), len(corpus.baskets.items), units,
+        unit, config.dim,
+    )  # fmt: skip
     start = time.perf_counter()
-    with tqdm(
-        total=config.epochs * pairs_per_epoch,
-        unit="pair",
-        unit_scale=True,
-        disable=not show_progress,
-        desc=f"train {config.objective}",
-    ) as bar:
+    with tqdm(total=config.epochs * units, unit=unit, unit_scale=True,
+              disable=not show_progress, desc=f"train {config.objective}") as bar:  # fmt: skip
         for epoch in range(config.epochs):
             total, seen = 0.0, 0
-            for movie1, movie2 in iter_pair_chunks(
-                corpus.baskets, config.partners, rng, keep, config.window
-            ):
-                if config.objective == "sgns":
-                    steps = _sgns_steps(model, optimizer, movie1, movie2, noise, config)
-                else:
-                    steps = _softmax_steps(model, optimizer, movie1, movie2, n, config, rng)
-                for loss, pairs in steps:
-                    total, seen = total + loss * pairs, seen + pairs
-                    bar.update(pairs)
-                    bar.set_postfix(epoch=epoch + 1, loss=f"{total / seen:.4f}")
-            log.info("epoch %d/%d: loss %.4f", epoch + 1, config.epochs, total / max(seen, 1))
+            for loss, done in epoch_steps():
+                total, seen = total + loss * done, seen + done
+                bar.update(done)
+                bar.set_postfix(epoch=epoch + 1, loss=f"{total / seen:.4f}")
+            log.debug("epoch %d/%d: loss %.4f", epoch + 1, config.epochs, total / max(seen, 1))
     seconds = time.perf_counter() - start
+    log.info("trained in %.1fs, final loss %.4f", seconds, total / max(seen, 1))
     return Embeddings(
         inp=model.inp.weight.detach().numpy().copy(),
         out=model.out.weight.detach().numpy().copy(),
         bias=model.bias.weight.detach().numpy()[:, 0].copy(),
         seconds=seconds,
     )
+
+
+Steps = Iterator[tuple[float, int]]  # (mean loss, units done) per optimiser step
+
+
+def _objective(
+    corpus: Corpus,
+    config: TrainConfig,
+    model: ItemEmbeddings,
+    optimizer: torch.optim.Optimizer,
+    counts: npt.NDArray[np.int64],
+    rng: np.random.Generator,
+) -> tuple[Callable[[], Steps], int, str]:
+    """One epoch's steps for the configured objective, with the units a progress bar counts."""
+    baskets = corpus.baskets
+    if config.objective == "cbow":
+        users = np.flatnonzero(baskets.lengths > 0)
+
+        def cbow_epoch() -> Steps:
+            order = rng.permutation(users)
+            for s in range(0, len(order), config.users_per_step):
+                yield _cbow_step(model, optimizer, order[s : s + config.users_per_step], config,
+                                 baskets, rng)  # fmt: skip
+
+        return cbow_epoch, len(users), "user"
+
+    keep = keep_probabilities(counts, config.subsample) if config.subsample > 0 else None
+    noise = torch.from_numpy(counts.astype(np.float64) ** config.ns_exponent)
+
+    def pair_epoch() -> Steps:
+        for movie1, movie2 in iter_pair_chunks(baskets, config.partners, rng, keep,
+                                               config.window):  # fmt: skip
+            if config.objective == "sgns":
+                yield from _sgns_steps(model, optimizer, movie1, movie2, noise, config)
+            else:
+                yield from _softmax_steps(model, optimizer, movie1, movie2, len(counts), config,
+                                          rng)  # fmt: skip
+
+    return pair_epoch, int(len(baskets.items) * config.partners), "pair"
+
+
+def _cbow_step(
+    model: ItemEmbeddings,
+    optimizer: torch.optim.Optimizer,
+    users: npt.NDArray[np.int64],
+    config: TrainConfig,
+    baskets: Baskets,
+    rng: np.random.Generator,
+) -> tuple[float, int]:
+    context, context_user, targets, target_user, stars = sample_contexts(
+        baskets, users, config.keep, rng
+    )
+    # Loved movies count more than merely liked ones (relevance is >= 4 stars).
+    weight = np.maximum(1.0 + config.rating_weight * (stars - 4.0), 0.05).astype(np.float32)
+    optimizer.zero_grad(set_to_none=True)
+    t = torch.from_numpy
+    loss = model.cbow_loss(
+        t(context), t(context_user), t(targets), t(target_user), t(weight), len(users)
+    )
+    loss.backward()  # type: ignore[no-untyped-call]
+    optimizer.step()
+    return loss.item(), len(users)
 
 
 def _sgns_steps(
@@ -96,19 +143,17 @@ def _sgns_steps(
     movie2: npt.NDArray[np.int64],
     noise: torch.Tensor,
     config: TrainConfig,
-) -> list[tuple[float, int]]:
+) -> Steps:
     m1, m2 = torch.from_numpy(movie1), torch.from_numpy(movie2)
     negatives = torch.multinomial(noise, len(m1) * config.negatives, replacement=True)
     negatives = negatives.view(len(m1), config.negatives)
-    losses = []
     for s in range(0, len(m1), config.batch_size):
         batch = slice(s, s + config.batch_size)
         optimizer.zero_grad(set_to_none=True)
         loss = model.sgns_loss(m1[batch], m2[batch], negatives[batch])
         loss.backward()  # type: ignore[no-untyped-call]
         optimizer.step()
-        losses.append((loss.item(), len(m1[batch])))
-    return losses
+        yield loss.item(), len(m1[batch])
 
 
 def _softmax_steps(
@@ -119,7 +164,7 @@ def _softmax_steps(
     n: int,
     config: TrainConfig,
     rng: np.random.Generator,
-) -> list[tuple[float, int]]:
+) -> Steps:
     """Batches of distinct movie1 in random order, each with the counts of its partners."""
     centers, inverse = np.unique(movie1, return_inverse=True)
     batch_order = rng.permutation(len(centers))
@@ -130,7 +175,6 @@ def _softmax_steps(
     key, partner = key[by_key], movie2[by_key]
     per_step = max(1, config.batch_size // 16)
     bounds = np.searchsorted(key, np.arange(0, len(centers) + per_step, per_step))
-    losses = []
     for b in range(len(bounds) - 1):
         lo, hi = bounds[b], bounds[b + 1]
         chosen = batch_order[b * per_step : (b + 1) * per_step]
@@ -142,5 +186,4 @@ def _softmax_steps(
         )
         loss.backward()  # type: ignore[no-untyped-call]
         optimizer.step()
-        losses.append((loss.item(), int(hi - lo)))
-    return losses
+        yield loss.item(), int(hi - lo)
