@@ -1,0 +1,67 @@
+"""Lever-by-lever ablation of the default model on validation splits carved from a training
+folder (EVALUATION.md's holdout, different seeds), never on the test file.
+
+    python benchmarks/ablation.py --train ../shared/eval/ml-latest-small/train \\
+        --set objective=sgns --set rating_weight=0 ...
+
+Each --set is one variant (comma-separate several overrides in one variant); the default
+model is always measured first. Prints NDCG@10, Recall@20, Coverage@10 and train seconds
+averaged over the splits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from server.app import load_recommender
+from trainer.config import TrainConfig
+from trainer.corpus import build_corpus
+from trainer.evaluate import evaluate
+from trainer.export import export
+from trainer.movielens import MovieLens, load
+from trainer.split import holdout_split
+from trainer.train import train
+
+
+def parse(text: str) -> dict[str, object]:
+    types = {f.name: type(f.default) for f in dataclasses.fields(TrainConfig)}
+    out: dict[str, object] = {}
+    for item in filter(None, text.split(",")):
+        key, value = item.split("=")
+        out[key] = types[key](value)
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--train", type=Path, required=True)
+    p.add_argument("--set", action="append", default=[], dest="variants")
+    p.add_argument("--splits", type=int, default=2)
+    args = p.parse_args()
+    data = load(args.train)
+    splits = [holdout_split(data.ratings, seed=100 + s) for s in range(args.splits)]
+    print(f"{'variant':48} {'ndcg@10':>8} {'recall@20':>9} {'cov@10':>7} {'train s':>8}")
+    for variant in ["", *args.variants]:
+        config = TrainConfig(**parse(variant))  # type: ignore[arg-type]
+        rows = []
+        for fit, held in splits:
+            corpus = build_corpus(MovieLens(fit, data.movies, data.layout),
+                                  config.like_threshold, config.min_count)  # fmt: skip
+            embeddings = train(corpus, config, show_progress=False)
+            with tempfile.TemporaryDirectory() as tmp:
+                export(Path(tmp) / "a", corpus, embeddings, config, source="validation")
+                s = evaluate(load_recommender(Path(tmp) / "a"), held)["model"]
+            rows.append((s.ndcg_10, s.recall_20, s.coverage_10, embeddings.seconds))
+        m = np.mean(rows, axis=0)
+        print(f"{variant or 'default':48} {m[0]:8.4f} {m[1]:9.4f} {m[2]:7.4f} {m[3]:8.1f}",
+              flush=True)  # fmt: skip
+
+
+if __name__ == "__main__":
+    sys.exit(main())
