@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,8 +42,13 @@ def load_recommender(artifacts: Path) -> Recommender:
     return Recommender(read_artifacts(artifacts))
 
 
-async def build_server(recommender: Recommender, address: str = "127.0.0.1:0") -> RunningServer:
-    """A started-but-not-yet-serving server on ``address`` (port 0 picks a free one)."""
+async def build_server(
+    recommender: Recommender,
+    address: str = "127.0.0.1:0",
+    handlers: Sequence[grpc.GenericRpcHandler] = (),
+) -> RunningServer:
+    """A started, SERVING server on ``address`` (port 0 picks a free one). ``handlers`` adds
+    services beside RecommenderService (the benchmarks add a bare echo)."""
     # One thread per search: with 2 OpenMP threads a single query got slower here, and
     # parallelism comes from concurrent calls and processes instead.
     faiss.omp_set_num_threads(1)
@@ -53,6 +58,7 @@ async def build_server(recommender: Recommender, address: str = "127.0.0.1:0") -
             ("grpc.so_reuseport", 0),  # a port clash is an error, not a silently shared port
         ]
     )
+    server.add_generic_rpc_handlers(tuple(handlers))
     servicer = RecommenderServicer(recommender)
     recommender_pb2_grpc.add_RecommenderServiceServicer_to_server(servicer, server)
     health_servicer = health.aio.HealthServicer()
