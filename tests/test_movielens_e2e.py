@@ -36,4 +36,4 @@ def test_default_model_beats_ease(results) -> None:
     model = scores["model"]
     assert model.ndcg_10 >= 0.313, model  # EASE, the best anchor
     assert model.recall_20 >= 0.347, model
-    assert model.coverage_10 >= 0.044, model  # and more of the catalogue than EASE shows
+    assert model.coverage_10 >= 0.075, model  # as much of the catalogue as ALS shows, 2x EASE

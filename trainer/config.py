@@ -18,13 +18,13 @@ class TrainConfig:
     objective: str = "cbow"  # "cbow" (whole baskets), "sgns" (item2vec pairs), "softmax" (pairs)
     dim: int = 256  # embedding size (the notebook's hidden layer)
     epochs: int = 30  # passes over the users (cbow) or the re-sampled pairs
-    keep: float = 0.7  # cbow: share of a user's liked movies drawn as context per step
+    keep: float = 0.6  # cbow: share of a user's liked movies drawn as context per step
     users_per_step: int = 64  # cbow: users per optimiser step
     rating_weight: float = 0.5  # cbow: a target weighs 1 + rating_weight * (stars - 4)
     partners: int = 10  # partners drawn per liked movie per epoch, instead of all n^2 pairs
     window: int = 0  # 0: partners from the whole history; k: within k of it in time order
     like_threshold: float = 3.5  # ratings >= this are "watched and liked" (pairs and queries)
-    min_count: int = 1  # movies with fewer liked ratings get no row in the catalogue
+    min_count: int = 3  # movies with fewer liked ratings get no row in the catalogue
     negatives: int = 10  # sgns: negative movies per pair
     ns_exponent: float = 0.75  # sgns: negatives ~ count^ns_exponent (0 uniform, 1 unigram)
     subsample: float = 0.0  # word2vec subsampling of frequent movies (e.g. 1e-3); 0 = off
