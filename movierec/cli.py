@@ -195,9 +195,11 @@ def _recommend(args: argparse.Namespace) -> int:
         raise UsageError("give exactly one of --user or --movies")
     with RecommenderClient(args.target) as client:
         if args.user is not None:
-            response = client.recommend(args.user, args.k, args.include_watched)
+            response = client.recommend(args.user, args.k, args.include_watched, args.explain)
         else:
-            response = client.recommend_for_movies(args.movies, args.k, args.include_watched)
+            response = client.recommend_for_movies(
+                args.movies, args.k, args.include_watched, args.explain
+            )
     _print_results(response, args.json)
     if response.ignored_movie_ids and not args.json:
         print(f"ignored unknown movie ids: {list(response.ignored_movie_ids)}")
@@ -231,6 +233,11 @@ def _health(args: argparse.Namespace) -> int:
     return 0 if status == "SERVING" else 1
 
 
+def _because(r: Any) -> str:
+    """'Toy Story (1995) 0.21, Up (2009) 0.13' from an explained recommendation."""
+    return ", ".join(f"{c.title} {c.share:.2f}" for c in r.explanation.top)
+
+
 def _print_results(response: Any, as_json: bool) -> None:
     if as_json:
         from google.protobuf.json_format import MessageToDict
@@ -238,10 +245,11 @@ def _print_results(response: Any, as_json: bool) -> None:
         print(json.dumps(MessageToDict(response, preserving_proto_field_name=True), indent=2))
         return
     rows = [
-        (str(r.movie_id), r.title, "|".join(r.genres), f"{r.similarity:.4f}")
+        (str(r.movie_id), r.title, "|".join(r.genres), f"{r.similarity:.4f}", _because(r))
         for r in response.recommendations
     ]
-    header = ("MovieId", "Title", "Genres", "Similarity")
+    explained = any(row[4] for row in rows)
+    header = ("MovieId", "Title", "Genres", "Similarity", "Because of" if explained else "")
     widths = [
         max(len(h), *(len(row[i]) for row in rows)) if rows else len(h)
         for i, h in enumerate(header)
@@ -364,6 +372,10 @@ def _parser() -> argparse.ArgumentParser:
             p.add_argument("--user", type=int, help="a user id known to the model")
             p.add_argument("--movies", type=_ids, help="inline history: ids, comma-separated")
             p.add_argument("--include-watched", action="store_true")
+            p.add_argument(
+                "--explain", type=int, default=0, metavar="N",
+                help="name the N watched movies that contributed most to each result",
+            )  # fmt: skip
         if name in ("similar", "movie"):
             p.add_argument("--movie", type=int, required=True)
         if name in ("recommend", "similar"):

@@ -28,15 +28,24 @@ class RecommenderClient:
         self._health = health_pb2_grpc.HealthStub(self._channel)
 
     def recommend(
-        self, user_id: int, k: int = 10, include_watched: bool = False
+        self, user_id: int, k: int = 10, include_watched: bool = False, explain: int = 0
     ) -> pb.RecommendResponse:
-        request = pb.RecommendRequest(user_id=user_id, k=k, include_watched=include_watched)
+        """``explain`` > 0: each recommendation names that many contributing watched movies."""
+        request = pb.RecommendRequest(
+            user_id=user_id, k=k, include_watched=include_watched, explain=explain
+        )
         return self._stub.Recommend(request, timeout=self.timeout)
 
     def recommend_for_movies(
-        self, movie_ids: Sequence[int], k: int = 10, include_watched: bool = False
+        self,
+        movie_ids: Sequence[int],
+        k: int = 10,
+        include_watched: bool = False,
+        explain: int = 0,
     ) -> pb.RecommendResponse:
-        request = pb.RecommendRequest(movie_ids=movie_ids, k=k, include_watched=include_watched)
+        request = pb.RecommendRequest(
+            movie_ids=movie_ids, k=k, include_watched=include_watched, explain=explain
+        )
         return self._stub.Recommend(request, timeout=self.timeout)
 
     def similar(self, movie_id: int, k: int = 10) -> pb.SimilarMoviesResponse:

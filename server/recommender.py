@@ -23,6 +23,7 @@ from movierec.artifacts import Artifacts, Movie
 
 MAX_K = 1000  # results per call; FAISS allocates k-sized buffers per query
 MAX_HISTORY = 10_000  # inline watched movies per call
+MAX_EXPLAIN = 100  # contributing movies named per recommendation
 
 
 class RecommenderError(Exception):
@@ -38,9 +39,25 @@ class NotFoundError(RecommenderError, LookupError):
 
 
 @dataclass(frozen=True)
+class Contribution:
+    movie: Movie  # a watched movie
+    share: float  # its part of the recommendation's score
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """A score split exactly: sum(c.share for c in top) + rest + bias == score."""
+
+    top: list[Contribution]  # largest shares first
+    rest: float  # the other watched movies' shares, summed
+    bias: float  # the recommended movie's own term (its popularity prior); 0 for cosine models
+
+
+@dataclass(frozen=True)
 class Scored:
     movie: Movie
     score: float
+    explanation: Explanation | None = None
 
 
 @dataclass(frozen=True)
@@ -74,23 +91,29 @@ class Recommender:
             raise NotFoundError(f"movie {movie_id} is not in the catalogue")
         return self._movies[int(rows[0])]
 
-    def recommend(self, user_id: int, k: int, include_watched: bool = False) -> Recommendations:
-        """Top-k for a user known to the model, from their training history."""
+    def recommend(
+        self, user_id: int, k: int, include_watched: bool = False, explain: int = 0
+    ) -> Recommendations:
+        """Top-k for a user known to the model, from their training history (the liked part
+        of it, as in training). ``explain`` > 0 names that many contributing movies each."""
         _check_k(k)
+        _check_explain(explain)
         found = self._histories.lookup(user_id)
         if found is None:
             raise NotFoundError(f"user {user_id} is not known to this model")
         rows, ratings = found
         liked = ratings >= self._like_threshold
-        query = self._aggregate(rows[liked] if liked.any() else rows)
-        return Recommendations(self._search(query, k, None if include_watched else rows), [])
+        used = rows[liked] if liked.any() else rows
+        ids, scores = self._search(self._aggregate(used), k, None if include_watched else rows)
+        return Recommendations(self._results(ids, scores, used, explain), [])
 
     def recommend_for_movies(
-        self, movie_ids: Sequence[int], k: int, include_watched: bool = False
+        self, movie_ids: Sequence[int], k: int, include_watched: bool = False, explain: int = 0
     ) -> Recommendations:
         """Top-k for an inline history (a new user). Unknown ids are skipped and reported;
         if none is known, NotFoundError."""
         _check_k(k)
+        _check_explain(explain)
         if not 1 <= len(movie_ids) <= MAX_HISTORY:
             raise InvalidArgumentError(
                 f"movie_ids must hold 1 to {MAX_HISTORY} ids, got {len(movie_ids)}"
@@ -99,8 +122,8 @@ class Recommender:
         if not len(rows):
             shown = ", ".join(map(str, ignored[:10])) + (", ..." if len(ignored) > 10 else "")
             raise NotFoundError(f"none of the movie_ids is in the catalogue: {shown}")
-        items = self._search(self._aggregate(rows), k, None if include_watched else rows)
-        return Recommendations(items, ignored)
+        ids, scores = self._search(self._aggregate(rows), k, None if include_watched else rows)
+        return Recommendations(self._results(ids, scores, rows, explain), ignored)
 
     def similar(self, movie_id: int, k: int) -> list[Scored]:
         """The k movies nearest to one movie, itself excluded."""
@@ -108,7 +131,7 @@ class Recommender:
         rows, _ = self._rows_of([movie_id])
         if not len(rows):
             raise NotFoundError(f"movie {movie_id} is not in the catalogue")
-        return self._search(self._aggregate(rows), k, rows)
+        return self._results(*self._search(self._aggregate(rows), k, rows), rows, 0)
 
     def _rows_of(self, movie_ids: Sequence[int]) -> tuple[npt.NDArray[np.int64], list[int]]:
         ids = np.asarray(movie_ids, dtype=np.int64)
@@ -128,7 +151,8 @@ class Recommender:
 
     def _search(
         self, query: npt.NDArray[np.float32], k: int, exclude: npt.NDArray[np.integer] | None
-    ) -> list[Scored]:
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
+        """Rows and scores of the k best, ``exclude`` never among them."""
         params = None
         available = self._index.ntotal
         if exclude is not None and len(exclude):
@@ -140,13 +164,50 @@ class Recommender:
             available -= len(excluded)
         k = min(k, available)
         if k <= 0:
-            return []
+            return np.zeros(0, np.int64), np.zeros(0, np.float32)
         scores, ids = self._index.search(query, k, params=params)
+        found = ids[0] >= 0
+        return ids[0][found], scores[0][found]
+
+    def _results(
+        self,
+        ids: npt.NDArray[np.int64],
+        scores: npt.NDArray[np.float32],
+        watched: npt.NDArray[np.integer],
+        explain: int,
+    ) -> list[Scored]:
+        why: list[Explanation | None]
+        why = list(self._explain(ids, watched, explain)) if explain else [None] * len(ids)
         return [
-            Scored(self._movies[i], float(s))
-            for i, s in zip(ids[0], scores[0], strict=True)
-            if i >= 0
+            Scored(self._movies[i], s, w)
+            for i, s, w in zip(ids.tolist(), scores.tolist(), why, strict=True)
         ]
+
+    def _explain(
+        self, ids: npt.NDArray[np.int64], watched: npt.NDArray[np.integer], top: int
+    ) -> list[Explanation]:
+        """Split each score into one share per watched movie: the query is mean/|mean|, so
+        movie j's score is sum_i target_j . v_i / (n |mean|) plus j's bias, if any."""
+        vectors = np.take(self._vectors, watched, axis=0)
+        mean = vectors.mean(axis=0, dtype=np.float32)
+        targets = self._index.reconstruct_batch(ids)
+        d = vectors.shape[1]
+        bias = targets[:, d] if self._append_one else np.zeros(len(ids), np.float32)
+        scale = len(watched) * max(float(np.linalg.norm(mean)), 1e-12)
+        shares = (targets[:, :d] @ vectors.T) / scale  # (recommended, watched)
+        order = np.argsort(-shares, axis=1, kind="stable")[:, :top]
+        out = []
+        for j, row in enumerate(shares):
+            best = order[j]
+            named = [Contribution(self._movies[int(watched[i])], float(row[i])) for i in best]
+            rest = float(row.sum() - row[best].sum())
+            out.append(Explanation(named, rest, float(bias[j])))
+        return out
+
+
+def _check_explain(explain: int) -> None:
+    if not 0 <= explain <= MAX_EXPLAIN:
+        raise InvalidArgumentError(f"explain must be between 0 and {MAX_EXPLAIN}, got {explain}")
 
 
 def _check_k(k: int) -> None:

@@ -59,9 +59,14 @@ def _rpc(handler: Handler[Req, Resp]) -> Handler[Req, Resp]:
 
 def _recommendation(item: Scored) -> pb.Recommendation:
     m = item.movie
-    return pb.Recommendation(
+    out = pb.Recommendation(
         movie_id=m.movie_id, title=m.title, genres=m.genres, similarity=item.score, year=m.year or 0
     )
+    if (why := item.explanation) is not None:
+        top = [pb.Contribution(movie_id=c.movie.movie_id, title=c.movie.title, share=c.share)
+               for c in why.top]  # fmt: skip
+        out.explanation.CopyFrom(pb.Explanation(top=top, rest=why.rest, bias=why.bias))
+    return out
 
 
 class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
@@ -79,9 +84,13 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
         if has_user == bool(request.movie_ids):
             raise InvalidArgumentError("set exactly one of user_id or movie_ids")
         if has_user:
-            result = rec.recommend(request.user_id, request.k, request.include_watched)
+            result = rec.recommend(
+                request.user_id, request.k, request.include_watched, request.explain
+            )
         else:
-            result = rec.recommend_for_movies(request.movie_ids, request.k, request.include_watched)
+            result = rec.recommend_for_movies(
+                request.movie_ids, request.k, request.include_watched, request.explain
+            )
         return pb.RecommendResponse(
             recommendations=[_recommendation(s) for s in result.items],
             model_version=rec.model_version,

@@ -77,6 +77,12 @@ def test_serve_recommend_similar_and_sigterm(artifacts_dir: Path, recommender) -
         lines = table.stdout.splitlines()
         assert lines[0].split() == ["MovieId", "Title", "Genres", "Similarity"]
         assert len(lines) == 5 and lines[-1].startswith("(model ")
+        why = run("movierec", "recommend", "--target", target, "--user", user, "-k", "2",
+                  "--explain", "2")  # fmt: skip
+        assert why.stdout.splitlines()[0].split()[-2:] == ["Because", "of"]
+        rows, _ = recommender.artifacts.histories.lookup(int(user))
+        watched = {recommender.artifacts.movies[r].title for r in rows}
+        assert any(title in why.stdout.splitlines()[1] for title in watched)
         similar = run(
             "movierec", "similar", "--target", target, "--movie", "1", "-k", "4", "--json"
         )

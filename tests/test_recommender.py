@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from server.recommender import (
+    MAX_EXPLAIN,
     MAX_HISTORY,
     MAX_K,
     InvalidArgumentError,
@@ -126,3 +127,47 @@ def test_sample_users_get_their_favourite_genres(recommender: Recommender, sampl
         items = recommender.recommend(user, 10).items
         agree.append(np.mean([bool(set(s.movie.genres) & set(favourites)) for s in items]))
     assert np.mean(agree) > 0.7, np.mean(agree)
+
+
+def test_explanations_split_each_score_exactly(recommender: Recommender) -> None:
+    histories = recommender.artifacts.histories
+    user = int(histories.user_ids[11])
+    full = recommender.recommend(user, 10, explain=MAX_EXPLAIN).items
+    plain = recommender.recommend(user, 10).items
+    assert [s.movie for s in full] == [s.movie for s in plain]
+    rows, ratings = histories.lookup(user)
+    liked = rows[ratings >= recommender.artifacts.aggregation["like_threshold"]]
+    index = recommender.artifacts.index
+    for item in full:
+        why = item.explanation
+        assert why is not None and len(why.top) == min(MAX_EXPLAIN, len(liked))
+        total = sum(c.share for c in why.top) + why.rest + why.bias
+        assert total == pytest.approx(item.score, abs=1e-4)
+        shares = [c.share for c in why.top]
+        assert shares == sorted(shares, reverse=True)
+        assert {c.movie.movie_id for c in why.top} <= set(
+            recommender.artifacts.movie_ids[liked].tolist()
+        )
+        row = int(np.flatnonzero(recommender.artifacts.movie_ids == item.movie.movie_id)[0])
+        assert why.bias == pytest.approx(float(index.reconstruct(row)[-1]), abs=1e-6)
+
+
+def test_explanations_name_the_top_contributors(recommender: Recommender) -> None:
+    ids = [int(i) for i in recommender.artifacts.movie_ids[[2, 30, 31, 90]]]
+    items = recommender.recommend_for_movies(ids, 5, explain=2).items
+    for item in items:
+        why = item.explanation
+        assert why is not None and len(why.top) == 2
+        assert why.rest <= why.top[1].share * 2 + 1e-6  # the two left out are each smaller
+        assert sum(c.share for c in why.top) + why.rest + why.bias == pytest.approx(
+            item.score, abs=1e-4
+        )
+    assert recommender.recommend_for_movies(ids, 5).items[0].explanation is None
+
+
+@pytest.mark.parametrize("explain", [-1, MAX_EXPLAIN + 1])
+def test_explain_out_of_range(recommender: Recommender, explain: int) -> None:
+    with pytest.raises(InvalidArgumentError, match=f"explain must be between 0 and {MAX_EXPLAIN}"):
+        recommender.recommend_for_movies(
+            [int(recommender.artifacts.movie_ids[0])], 5, explain=explain
+        )

@@ -11,7 +11,7 @@ from movierec.client import RecommenderClient
 from movierec.v1 import recommender_pb2 as pb
 from movierec.v1 import recommender_pb2_grpc as pb_grpc
 from server.app import RunningServer
-from server.recommender import MAX_HISTORY, MAX_K, Recommender
+from server.recommender import MAX_EXPLAIN, MAX_HISTORY, MAX_K, Recommender
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +53,20 @@ def test_recommend_for_an_inline_history(
     assert len(response.recommendations) == 7
     assert list(response.ignored_movie_ids) == [-1]
     assert not set(ids) & {r.movie_id for r in response.recommendations}
+
+
+def test_recommend_explains_over_grpc(client: RecommenderClient, recommender: Recommender) -> None:
+    user = int(recommender.artifacts.histories.user_ids[5])
+    response = client.recommend(user, k=5, explain=3)
+    core = recommender.recommend(user, 5, explain=3).items
+    for got, want in zip(response.recommendations, core, strict=True):
+        assert want.explanation is not None
+        why = got.explanation
+        assert [c.movie_id for c in why.top] == [c.movie.movie_id for c in want.explanation.top]
+        assert why.top[0].title == want.explanation.top[0].movie.title
+        total = sum(c.share for c in why.top) + why.rest + why.bias
+        assert total == pytest.approx(got.similarity, abs=1e-4)
+    assert not client.recommend(user, k=5).recommendations[0].HasField("explanation")
 
 
 def test_similar_and_get_movie(client: RecommenderClient, recommender: Recommender) -> None:
@@ -100,6 +114,11 @@ def test_similar_and_get_movie(client: RecommenderClient, recommender: Recommend
             pb.RecommendRequest(movie_ids=[1] * (MAX_HISTORY + 1), k=5),
             grpc.StatusCode.INVALID_ARGUMENT,
             f"movie_ids must hold 1 to {MAX_HISTORY} ids",
+        ),
+        (
+            pb.RecommendRequest(movie_ids=[1], k=5, explain=MAX_EXPLAIN + 1),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"explain must be between 0 and {MAX_EXPLAIN}, got {MAX_EXPLAIN + 1}",
         ),
         (
             pb.RecommendRequest(user_id=10**15, k=5),

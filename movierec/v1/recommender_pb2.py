@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dmovierec/v1/recommender.proto\x12\x0bmovierec.v1\"k\n\x10RecommendRequest\x12\x14\n\x07user_id\x18\x01 \x01(\x03H\x00\x88\x01\x01\x12\x11\n\tmovie_ids\x18\x02 \x03(\x03\x12\t\n\x01k\x18\x03 \x01(\x05\x12\x17\n\x0finclude_watched\x18\x04 \x01(\x08\x42\n\n\x08_user_id\"c\n\x0eRecommendation\x12\x10\n\x08movie_id\x18\x01 \x01(\x03\x12\r\n\x05title\x18\x02 \x01(\t\x12\x0e\n\x06genres\x18\x03 \x03(\t\x12\x12\n\nsimilarity\x18\x04 \x01(\x02\x12\x0c\n\x04year\x18\x05 \x01(\x05\"{\n\x11RecommendResponse\x12\x34\n\x0frecommendations\x18\x01 \x03(\x0b\x32\x1b.movierec.v1.Recommendation\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x19\n\x11ignored_movie_ids\x18\x03 \x03(\x03\"3\n\x14SimilarMoviesRequest\x12\x10\n\x08movie_id\x18\x01 \x01(\x03\x12\t\n\x01k\x18\x02 \x01(\x05\"d\n\x15SimilarMoviesResponse\x12\x34\n\x0frecommendations\x18\x01 \x03(\x0b\x32\x1b.movierec.v1.Recommendation\x12\x15\n\rmodel_version\x18\x02 \x01(\t\"#\n\x0fGetMovieRequest\x12\x10\n\x08movie_id\x18\x01 \x01(\x03\"F\n\x05Movie\x12\x10\n\x08movie_id\x18\x01 \x01(\x03\x12\r\n\x05title\x18\x02 \x01(\t\x12\x0e\n\x06genres\x18\x03 \x03(\t\x12\x0c\n\x04year\x18\x04 \x01(\x05\"L\n\x10GetMovieResponse\x12!\n\x05movie\x18\x01 \x01(\x0b\x32\x12.movierec.v1.Movie\x12\x15\n\rmodel_version\x18\x02 \x01(\t2\x81\x02\n\x12RecommenderService\x12J\n\tRecommend\x12\x1d.movierec.v1.RecommendRequest\x1a\x1e.movierec.v1.RecommendResponse\x12V\n\rSimilarMovies\x12!.movierec.v1.SimilarMoviesRequest\x1a\".movierec.v1.SimilarMoviesResponse\x12G\n\x08GetMovie\x12\x1c.movierec.v1.GetMovieRequest\x1a\x1d.movierec.v1.GetMovieResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dmovierec/v1/recommender.proto\x12\x0bmovierec.v1\"|\n\x10RecommendRequest\x12\x14\n\x07user_id\x18\x01 \x01(\x03H\x00\x88\x01\x01\x12\x11\n\tmovie_ids\x18\x02 \x03(\x03\x12\t\n\x01k\x18\x03 \x01(\x05\x12\x17\n\x0finclude_watched\x18\x04 \x01(\x08\x12\x0f\n\x07\x65xplain\x18\x05 \x01(\x05\x42\n\n\x08_user_id\">\n\x0c\x43ontribution\x12\x10\n\x08movie_id\x18\x01 \x01(\x03\x12\r\n\x05title\x18\x02 \x01(\t\x12\r\n\x05share\x18\x03 \x01(\x02\"Q\n\x0b\x45xplanation\x12&\n\x03top\x18\x01 \x03(\x0b\x32\x19.movierec.v1.Contribution\x12\x0c\n\x04rest\x18\x02 \x01(\x02\x12\x0c\n\x04\x62ias\x18\x03 \x01(\x02\"\x92\x01\n\x0eRecommendation\x12\x10\n\x08movie_id\x18\x01 \x01(\x03\x12\r\n\x05title\x18\x02 \x01(\t\x12\x0e\n\x06genres\x18\x03 \x03(\t\x12\x12\n\nsimilarity\x18\x04 \x01(\x02\x12\x0c\n\x04year\x18\x05 \x01(\x05\x12-\n\x0b\x65xplanation\x18\x06 \x01(\x0b\x32\x18.movierec.v1.Explanation\"{\n\x11RecommendResponse\x12\x34\n\x0frecommendations\x18\x01 \x03(\x0b\x32\x1b.movierec.v1.Recommendation\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x19\n\x11ignored_movie_ids\x18\x03 \x03(\x03\"3\n\x14SimilarMoviesRequest\x12\x10\n\x08movie_id\x18\x01 \x01(\x03\x12\t\n\x01k\x18\x02 \x01(\x05\"d\n\x15SimilarMoviesResponse\x12\x34\n\x0frecommendations\x18\x01 \x03(\x0b\x32\x1b.movierec.v1.Recommendation\x12\x15\n\rmodel_version\x18\x02 \x01(\t\"#\n\x0fGetMovieRequest\x12\x10\n\x08movie_id\x18\x01 \x01(\x03\"F\n\x05Movie\x12\x10\n\x08movie_id\x18\x01 \x01(\x03\x12\r\n\x05title\x18\x02 \x01(\t\x12\x0e\n\x06genres\x18\x03 \x03(\t\x12\x0c\n\x04year\x18\x04 \x01(\x05\"L\n\x10GetMovieResponse\x12!\n\x05movie\x18\x01 \x01(\x0b\x32\x12.movierec.v1.Movie\x12\x15\n\rmodel_version\x18\x02 \x01(\t2\x81\x02\n\x12RecommenderService\x12J\n\tRecommend\x12\x1d.movierec.v1.RecommendRequest\x1a\x1e.movierec.v1.RecommendResponse\x12V\n\rSimilarMovies\x12!.movierec.v1.SimilarMoviesRequest\x1a\".movierec.v1.SimilarMoviesResponse\x12G\n\x08GetMovie\x12\x1c.movierec.v1.GetMovieRequest\x1a\x1d.movierec.v1.GetMovieResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,21 +32,25 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'movierec.v1.recommender_pb2
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_RECOMMENDREQUEST']._serialized_start=46
-  _globals['_RECOMMENDREQUEST']._serialized_end=153
-  _globals['_RECOMMENDATION']._serialized_start=155
-  _globals['_RECOMMENDATION']._serialized_end=254
-  _globals['_RECOMMENDRESPONSE']._serialized_start=256
-  _globals['_RECOMMENDRESPONSE']._serialized_end=379
-  _globals['_SIMILARMOVIESREQUEST']._serialized_start=381
-  _globals['_SIMILARMOVIESREQUEST']._serialized_end=432
-  _globals['_SIMILARMOVIESRESPONSE']._serialized_start=434
-  _globals['_SIMILARMOVIESRESPONSE']._serialized_end=534
-  _globals['_GETMOVIEREQUEST']._serialized_start=536
-  _globals['_GETMOVIEREQUEST']._serialized_end=571
-  _globals['_MOVIE']._serialized_start=573
-  _globals['_MOVIE']._serialized_end=643
-  _globals['_GETMOVIERESPONSE']._serialized_start=645
-  _globals['_GETMOVIERESPONSE']._serialized_end=721
-  _globals['_RECOMMENDERSERVICE']._serialized_start=724
-  _globals['_RECOMMENDERSERVICE']._serialized_end=981
+  _globals['_RECOMMENDREQUEST']._serialized_end=170
+  _globals['_CONTRIBUTION']._serialized_start=172
+  _globals['_CONTRIBUTION']._serialized_end=234
+  _globals['_EXPLANATION']._serialized_start=236
+  _globals['_EXPLANATION']._serialized_end=317
+  _globals['_RECOMMENDATION']._serialized_start=320
+  _globals['_RECOMMENDATION']._serialized_end=466
+  _globals['_RECOMMENDRESPONSE']._serialized_start=468
+  _globals['_RECOMMENDRESPONSE']._serialized_end=591
+  _globals['_SIMILARMOVIESREQUEST']._serialized_start=593
+  _globals['_SIMILARMOVIESREQUEST']._serialized_end=644
+  _globals['_SIMILARMOVIESRESPONSE']._serialized_start=646
+  _globals['_SIMILARMOVIESRESPONSE']._serialized_end=746
+  _globals['_GETMOVIEREQUEST']._serialized_start=748
+  _globals['_GETMOVIEREQUEST']._serialized_end=783
+  _globals['_MOVIE']._serialized_start=785
+  _globals['_MOVIE']._serialized_end=855
+  _globals['_GETMOVIERESPONSE']._serialized_start=857
+  _globals['_GETMOVIERESPONSE']._serialized_end=933
+  _globals['_RECOMMENDERSERVICE']._serialized_start=936
+  _globals['_RECOMMENDERSERVICE']._serialized_end=1193
 # @@protoc_insertion_point(module_scope)

@@ -26,6 +26,7 @@ class RecommendRequest(_message.Message):
     MOVIE_IDS_FIELD_NUMBER: _builtins.int
     K_FIELD_NUMBER: _builtins.int
     INCLUDE_WATCHED_FIELD_NUMBER: _builtins.int
+    EXPLAIN_FIELD_NUMBER: _builtins.int
     user_id: _builtins.int
     """Set exactly one of user_id (a user known to the model) or movie_ids."""
     k: _builtins.int
@@ -34,6 +35,10 @@ class RecommendRequest(_message.Message):
     """
     include_watched: _builtins.bool
     """Also allow movies from the history itself (by default they are excluded)."""
+    explain: _builtins.int
+    """0: no explanations. n (1..100): each recommendation carries an Explanation naming the n
+    watched movies that contributed most to its similarity.
+    """
     @_builtins.property
     def movie_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """Inline watch history for a user the model has never seen (no retraining needed).
@@ -48,16 +53,79 @@ class RecommendRequest(_message.Message):
         movie_ids: _abc.Iterable[_builtins.int] | None = ...,
         k: _builtins.int = ...,
         include_watched: _builtins.bool = ...,
+        explain: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_user_id", b"_user_id", "user_id", b"user_id"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_user_id", b"_user_id", "include_watched", b"include_watched", "k", b"k", "movie_ids", b"movie_ids", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_user_id", b"_user_id", "explain", b"explain", "include_watched", b"include_watched", "k", b"k", "movie_ids", b"movie_ids", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__user_id: _TypeAlias = _typing.Literal["user_id"]  # noqa: Y015
     _WhichOneofArgType__user_id: _TypeAlias = _typing.Literal["_user_id", b"_user_id"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType__user_id) -> _WhichOneofReturnType__user_id | None: ...
 
 Global___RecommendRequest: _TypeAlias = RecommendRequest  # noqa: Y015
+
+@_typing.final
+class Contribution(_message.Message):
+    """One watched movie's part of a recommendation's similarity."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MOVIE_ID_FIELD_NUMBER: _builtins.int
+    TITLE_FIELD_NUMBER: _builtins.int
+    SHARE_FIELD_NUMBER: _builtins.int
+    movie_id: _builtins.int
+    title: _builtins.str
+    share: _builtins.float
+    def __init__(
+        self,
+        *,
+        movie_id: _builtins.int = ...,
+        title: _builtins.str = ...,
+        share: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["movie_id", b"movie_id", "share", b"share", "title", b"title"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Contribution: _TypeAlias = Contribution  # noqa: Y015
+
+@_typing.final
+class Explanation(_message.Message):
+    """Why a movie was recommended. The similarity is an inner product with the mean of the
+    watched movies' vectors, so it splits exactly into one share per watched movie plus the
+    recommended movie's own bias: sum(top.share) + rest + bias == similarity.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOP_FIELD_NUMBER: _builtins.int
+    REST_FIELD_NUMBER: _builtins.int
+    BIAS_FIELD_NUMBER: _builtins.int
+    rest: _builtins.float
+    """The other watched movies' shares, summed."""
+    bias: _builtins.float
+    """The recommended movie's own term (its popularity prior); 0 for cosine models."""
+    @_builtins.property
+    def top(self) -> _containers.RepeatedCompositeFieldContainer[Global___Contribution]:
+        """The watched movies with the largest shares, largest first."""
+
+    def __init__(
+        self,
+        *,
+        top: _abc.Iterable[Global___Contribution] | None = ...,
+        rest: _builtins.float = ...,
+        bias: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bias", b"bias", "rest", b"rest", "top", b"top"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Explanation: _TypeAlias = Explanation  # noqa: Y015
 
 @_typing.final
 class Recommendation(_message.Message):
@@ -68,16 +136,22 @@ class Recommendation(_message.Message):
     GENRES_FIELD_NUMBER: _builtins.int
     SIMILARITY_FIELD_NUMBER: _builtins.int
     YEAR_FIELD_NUMBER: _builtins.int
+    EXPLANATION_FIELD_NUMBER: _builtins.int
     movie_id: _builtins.int
     title: _builtins.str
     similarity: _builtins.float
-    """Inner product between the aggregated query and the movie's vector (cosine when both
-    are unit length, as for the default model); higher is better.
+    """Inner product between the aggregated query and the movie's indexed vector; higher is
+    better. A cosine for models that index unit vectors (sgns, softmax); for the default
+    cbow model the index also carries each movie's output scale and bias.
     """
     year: _builtins.int
     """Release year parsed from the title; 0 when unknown."""
     @_builtins.property
     def genres(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def explanation(self) -> Global___Explanation:
+        """Set when RecommendRequest.explain > 0."""
+
     def __init__(
         self,
         *,
@@ -86,10 +160,11 @@ class Recommendation(_message.Message):
         genres: _abc.Iterable[_builtins.str] | None = ...,
         similarity: _builtins.float = ...,
         year: _builtins.int = ...,
+        explanation: Global___Explanation | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["explanation", b"explanation"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["genres", b"genres", "movie_id", b"movie_id", "similarity", b"similarity", "title", b"title", "year", b"year"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["explanation", b"explanation", "genres", b"genres", "movie_id", b"movie_id", "similarity", b"similarity", "title", b"title", "year", b"year"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
