@@ -128,7 +128,7 @@ def test_similar_and_get_movie(client: RecommenderClient, recommender: Recommend
         (
             pb.RecommendRequest(movie_ids=[-1, -2], k=5),
             grpc.StatusCode.NOT_FOUND,
-            "none of the movie_ids is in the catalogue: -1, -2",
+            "none of the movie_ids is in the catalogue: -2, -1",
         ),
     ],
 )

@@ -185,7 +185,7 @@ class RecommendResponse(_message.Message):
 
     @_builtins.property
     def ignored_movie_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
-        """Ids from RecommendRequest.movie_ids that the model does not know."""
+        """Ids from RecommendRequest.movie_ids that the model does not know, ascending, each once."""
 
     def __init__(
         self,
