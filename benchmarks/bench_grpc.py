@@ -84,7 +84,7 @@ async def main() -> None:
     rng = np.random.default_rng(0)
     payloads = [pb.RecommendRequest(movie_ids=rng.choice(ids, args.history, replace=False).tolist(),
                                     k=10).SerializeToString() for _ in range(64)]  # fmt: skip
-    running = await build_server(recommender, "127.0.0.1:0", handlers=[echo_handler()])
+    running = await build_server(recommender, handlers=[echo_handler()])
     spawn = mp.get_context("spawn")
     queue: mp.Queue = spawn.Queue()  # type: ignore[type-arg]
     proc = spawn.Process(target=client, args=(running.port, payloads, args.calls, queue))

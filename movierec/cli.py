@@ -21,6 +21,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from movierec.logs import configure_logging
+
 log = logging.getLogger("movierec")
 DEFAULT_TARGET = "localhost:50051"
 
@@ -32,11 +34,7 @@ class UsageError(Exception):
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
+    configure_logging(logging.DEBUG if args.verbose else logging.INFO, args.log_format == "json")
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)
     from movierec.artifacts import ArtifactError
 
@@ -160,40 +158,62 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from server.app import load_recommender, serve
+    from server.app import RunningServer, ServerOptions, serve
+    from server.security import SecurityConfigError, Tokens
 
-    recommender = load_recommender(Path(args.artifacts))
-    target = f"{'localhost' if args.host in ('127.0.0.1', '::1') else args.host}:{args.port}"
+    tls = (args.tls_cert, args.tls_key)
+    if any(tls) and not all(tls) or (args.tls_client_ca and not all(tls)):
+        raise UsageError("--tls-cert and --tls-key go together (and --tls-client-ca needs both)")
+    try:
+        tokens = Tokens.load(args.tokens_file)
+    except SecurityConfigError as e:
+        raise UsageError(str(e)) from None
+    options = ServerOptions(
+        address=f"{args.host}:{args.port}",
+        max_inflight=args.max_inflight,
+        tokens=tokens,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        tls_client_ca=args.tls_client_ca,
+        metrics_port=args.metrics_port,
+    )
+    host = "localhost" if args.host in ("127.0.0.1", "::1") else args.host
+    flags = " --tls-ca CA.pem" * bool(args.tls_cert) + " --token TOKEN" * tokens.enabled
 
-    def ready(port: int) -> None:
+    def ready(running: RunningServer) -> None:
+        target = f"{host}:{running.port}"
         print(
-            f"movierec is serving {args.artifacts} on {args.host}:{port}. Try:\n"
-            f"  movierec recommend --target {target} --user 1 -k 10\n"
-            f"  movierec similar   --target {target} --movie 1 -k 10\n"
-            f'  grpcurl -plaintext -d \'{{"user_id": 1, "k": 5}}\' {target} '
-            "movierec.v1.RecommenderService/Recommend\n"
-            "Stop with Ctrl-C.",
+            f"movierec is serving {args.artifacts} on {args.host}:{running.port}"
+            f"{' (TLS)' if args.tls_cert else ''}"
+            f"{', bearer tokens required' if tokens.enabled else ''}. Try:\n"
+            f"  movierec recommend --target {target}{flags} --user 1 -k 10\n"
+            f"  movierec similar   --target {target}{flags} --movie 1 -k 10\n"
+            + (
+                f'  grpcurl -plaintext -d \'{{"user_id": 1, "k": 5}}\' {target} '
+                "movierec.v1.RecommenderService/Recommend\n"
+                if not args.tls_cert and not tokens.enabled
+                else ""
+            )
+            + (
+                f"  curl -s localhost:{running.metrics_port}/metrics\n"
+                if running.metrics_port
+                else ""
+            )  # fmt: skip
+            + "Reload the model with SIGHUP; stop with Ctrl-C.",
             flush=True,
         )
 
-    asyncio.run(
-        serve(
-            recommender,
-            f"{args.host}:{args.port}",
-            grace=args.grace,
-            drain=args.drain,
-            on_ready=ready,
-        )
-    )
+    try:
+        asyncio.run(serve(Path(args.artifacts), options, args.grace, args.drain, on_ready=ready))
+    except SecurityConfigError as e:
+        raise UsageError(str(e)) from None
     return 0
 
 
 def _recommend(args: argparse.Namespace) -> int:
-    from movierec.client import RecommenderClient
-
     if (args.user is None) == (args.movies is None):
         raise UsageError("give exactly one of --user or --movies")
-    with RecommenderClient(args.target) as client:
+    with _client(args) as client:
         if args.user is not None:
             response = client.recommend(args.user, args.k, args.include_watched, args.explain)
         else:
@@ -207,9 +227,7 @@ def _recommend(args: argparse.Namespace) -> int:
 
 
 def _similar(args: argparse.Namespace) -> int:
-    from movierec.client import RecommenderClient
-
-    with RecommenderClient(args.target) as client:
+    with _client(args) as client:
         _print_results(client.similar(args.movie, args.k), args.json)
     return 0
 
@@ -217,17 +235,40 @@ def _similar(args: argparse.Namespace) -> int:
 def _movie(args: argparse.Namespace) -> int:
     from google.protobuf.json_format import MessageToDict
 
-    from movierec.client import RecommenderClient
-
-    with RecommenderClient(args.target) as client:
+    with _client(args) as client:
         print(json.dumps(MessageToDict(client.movie(args.movie)), indent=2))
     return 0
 
 
-def _health(args: argparse.Namespace) -> int:
+def _client(args: argparse.Namespace, timeout: float = 5.0) -> Any:
     from movierec.client import RecommenderClient
 
-    with RecommenderClient(args.target, timeout=args.timeout) as client:
+    def read(path: Path | None) -> bytes | None:
+        return path.read_bytes() if path else None
+
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise UsageError("--tls-cert and --tls-key go together")
+    cert, key = read(args.tls_cert), read(args.tls_key)
+    return RecommenderClient(
+        args.target,
+        timeout,
+        token=args.token,
+        tls=args.tls,
+        tls_ca=read(args.tls_ca),
+        client_cert=(cert, key) if cert and key else None,
+    )
+
+
+def _reload(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        r = client.reload_model()
+    print(f"serving {r.model_version} (was {r.previous_model_version}), loaded in "
+          f"{r.load_seconds:.2f}s")  # fmt: skip
+    return 0
+
+
+def _health(args: argparse.Namespace) -> int:
+    with _client(args, timeout=args.timeout) as client:
         status = client.health(args.service)
     print(status)
     return 0 if status == "SERVING" else 1
@@ -311,11 +352,41 @@ def _add_serve_options(p: argparse.ArgumentParser) -> None:
         default=0.0,
         help="seconds to keep serving after SIGTERM while NOT_SERVING",
     )
+    p.add_argument(
+        "--max-inflight",
+        type=int,
+        default=int(os.environ.get("MOVIEREC_MAX_INFLIGHT", "64")),
+        help="calls in progress before new ones get RESOURCE_EXHAUSTED (env MOVIEREC_MAX_INFLIGHT)",
+    )
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="serve Prometheus /metrics over HTTP on this port, same host (0: any free one)",
+    )
+    p.add_argument(
+        "--tokens-file",
+        type=Path,
+        default=None,
+        help="require 'authorization: Bearer <token>' with a token from this file (one per "
+        "line); or set MOVIEREC_TOKENS=tok1,tok2. Health checks stay open",
+    )
+    p.add_argument("--tls-cert", type=Path, help="serve TLS with this PEM certificate chain")
+    p.add_argument("--tls-key", type=Path, help="the certificate's PEM private key")
+    p.add_argument(
+        "--tls-client-ca", type=Path, help="mutual TLS: accept clients signed by this CA"
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="movierec", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default=os.environ.get("MOVIEREC_LOG_FORMAT", "text"),
+        help="one readable line per event, or one JSON object per line (env MOVIEREC_LOG_FORMAT)",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, handler: Any, help_text: str) -> argparse.ArgumentParser:
@@ -361,6 +432,7 @@ def _parser() -> argparse.ArgumentParser:
         ("similar", _similar, "movies similar to one movie"),
         ("movie", _movie, "one movie's metadata"),
         ("health", _health, "query the standard gRPC health service (exit 0 if SERVING)"),
+        ("reload", _reload, "make a running server re-read its artifact directory"),
     ):
         p = command(name, handler, help_text)
         p.add_argument(
@@ -368,6 +440,15 @@ def _parser() -> argparse.ArgumentParser:
             default=os.environ.get("MOVIEREC_TARGET", DEFAULT_TARGET),
             help="server host:port (env MOVIEREC_TARGET)",
         )
+        p.add_argument(
+            "--token",
+            default=os.environ.get("MOVIEREC_TOKEN"),
+            help="bearer token, if the server requires one (env MOVIEREC_TOKEN)",
+        )
+        p.add_argument("--tls", action="store_true", help="use TLS with the system's roots")
+        p.add_argument("--tls-ca", type=Path, help="use TLS, trusting this PEM CA")
+        p.add_argument("--tls-cert", type=Path, help="mutual TLS: this client certificate")
+        p.add_argument("--tls-key", type=Path, help="mutual TLS: the client certificate's key")
         if name == "recommend":
             p.add_argument("--user", type=int, help="a user id known to the model")
             p.add_argument("--movies", type=_ids, help="inline history: ids, comma-separated")

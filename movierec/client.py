@@ -20,11 +20,30 @@ from movierec.v1 import recommender_pb2_grpc as pb_grpc
 
 
 class RecommenderClient:
-    def __init__(self, target: str, timeout: float = 5.0) -> None:
-        """``target`` is host:port; ``timeout`` is each call's deadline in seconds."""
+    def __init__(
+        self,
+        target: str,
+        timeout: float = 5.0,
+        *,
+        token: str | None = None,
+        tls_ca: bytes | None = None,
+        tls: bool = False,
+        client_cert: tuple[bytes, bytes] | None = None,
+    ) -> None:
+        """``target`` is host:port; ``timeout`` is each call's deadline in seconds.
+        ``token`` is sent as ``authorization: Bearer``. TLS is used when ``tls`` is set or any
+        of ``tls_ca`` (PEM roots; default: the system's) and ``client_cert`` ((PEM chain,
+        PEM key), for mutual TLS) is given."""
         self.timeout = timeout
-        self._channel = grpc.insecure_channel(target)
+        if tls or tls_ca or client_cert:
+            key, chain = (client_cert[1], client_cert[0]) if client_cert else (None, None)
+            credentials = grpc.ssl_channel_credentials(tls_ca, key, chain)
+            self._channel = grpc.secure_channel(target, credentials)
+        else:
+            self._channel = grpc.insecure_channel(target)
+        self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
         self._stub = pb_grpc.RecommenderServiceStub(self._channel)
+        self._admin = pb_grpc.AdminServiceStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
 
     def recommend(
@@ -34,7 +53,7 @@ class RecommenderClient:
         request = pb.RecommendRequest(
             user_id=user_id, k=k, include_watched=include_watched, explain=explain
         )
-        return self._stub.Recommend(request, timeout=self.timeout)
+        return self._stub.Recommend(request, timeout=self.timeout, metadata=self._metadata)
 
     def recommend_for_movies(
         self,
@@ -46,15 +65,22 @@ class RecommenderClient:
         request = pb.RecommendRequest(
             movie_ids=movie_ids, k=k, include_watched=include_watched, explain=explain
         )
-        return self._stub.Recommend(request, timeout=self.timeout)
+        return self._stub.Recommend(request, timeout=self.timeout, metadata=self._metadata)
 
     def similar(self, movie_id: int, k: int = 10) -> pb.SimilarMoviesResponse:
         request = pb.SimilarMoviesRequest(movie_id=movie_id, k=k)
-        return self._stub.SimilarMovies(request, timeout=self.timeout)
+        return self._stub.SimilarMovies(request, timeout=self.timeout, metadata=self._metadata)
 
     def movie(self, movie_id: int) -> pb.Movie:
         request = pb.GetMovieRequest(movie_id=movie_id)
-        return self._stub.GetMovie(request, timeout=self.timeout).movie
+        return self._stub.GetMovie(request, timeout=self.timeout, metadata=self._metadata).movie
+
+    def reload_model(self) -> pb.ReloadModelResponse:
+        """Ask the server to re-read its artifact directory (AdminService.ReloadModel)."""
+        request = pb.ReloadModelRequest()
+        return self._admin.ReloadModel(
+            request, timeout=max(self.timeout, 60), metadata=self._metadata
+        )
 
     def health(self, service: str = "") -> str:
         """'SERVING', 'NOT_SERVING', ... as the standard gRPC health service reports it."""

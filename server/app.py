@@ -1,18 +1,20 @@
 """Build the gRPC server in one function, run it in another.
 
 ``build_server`` is what the CLI, the tests and the benchmarks call; ``serve`` adds signals:
-SIGTERM/SIGINT flip health to NOT_SERVING, wait a drain delay (load balancers drop the
-endpoint at the moment SIGTERM arrives), then stop taking calls and let in-flight calls finish
-within the grace period.
+SIGHUP reloads the model from the artifact directory; SIGTERM/SIGINT flip health to
+NOT_SERVING, wait a drain delay (load balancers drop the endpoint at the moment SIGTERM
+arrives), then stop taking calls and let in-flight calls finish within the grace period.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
+import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import faiss
@@ -22,12 +24,26 @@ from grpc_reflection.v1alpha import reflection
 
 from movierec.artifacts import read_artifacts
 from movierec.v1 import recommender_pb2, recommender_pb2_grpc
+from server.interceptor import CallGuard
+from server.observability import Metrics, start_metrics_server
 from server.recommender import Recommender
-from server.service import RecommenderServicer
+from server.security import Tokens, server_credentials
+from server.service import AdminServicer, RecommenderServicer
 
 log = logging.getLogger(__name__)
-SERVICE_NAME = recommender_pb2.DESCRIPTOR.services_by_name["RecommenderService"].full_name
+SERVICE_NAMES = tuple(s.full_name for s in recommender_pb2.DESCRIPTOR.services_by_name.values())
 MAX_MESSAGE_BYTES = 1 << 20  # a 10,000-id history is ~100 kB; nothing legitimate nears 1 MiB
+
+
+@dataclass(frozen=True)
+class ServerOptions:
+    address: str = "127.0.0.1:0"  # host:port; port 0 picks a free one
+    max_inflight: int = 64  # calls in progress before new ones get RESOURCE_EXHAUSTED
+    tokens: Tokens = field(default_factory=Tokens)  # bearer tokens; none = no authentication
+    tls_cert: Path | None = None  # with tls_key: serve TLS
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None  # also require client certificates signed by this CA
+    metrics_port: int | None = None  # serve Prometheus /metrics on this port (0: any free)
 
 
 @dataclass
@@ -36,6 +52,32 @@ class RunningServer:
     port: int
     servicer: RecommenderServicer
     health: health.aio.HealthServicer
+    metrics: Metrics
+    metrics_port: int | None
+    artifacts: Path | None  # what reload() re-reads
+    _reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    async def reload(self) -> tuple[str, str, float]:
+        """Verify and load the artifact directory again, then swap the model in one
+        assignment. Returns (new version, previous version, load seconds); on any error
+        the old model keeps serving and the error propagates."""
+        if self.artifacts is None:
+            raise RuntimeError("this server was not started from an artifact directory")
+        async with self._reload_lock:
+            previous = self.servicer.recommender.model_version
+            start = time.perf_counter()
+            try:
+                new = await asyncio.to_thread(load_recommender, self.artifacts)
+            except Exception as e:
+                self.metrics.reloads.labels("refused").inc()
+                log.error("reload refused, still serving %s: %s", previous, e)
+                raise
+            seconds = time.perf_counter() - start
+            self.servicer.recommender = new
+            self.metrics.model_loaded(new.model_version, seconds)
+            self.metrics.reloads.labels("ok").inc()
+            log.info("reloaded: serving %s (was %s), %.2fs", new.model_version, previous, seconds)
+            return new.model_version, previous, seconds
 
 
 def load_recommender(artifacts: Path) -> Recommender:
@@ -44,19 +86,23 @@ def load_recommender(artifacts: Path) -> Recommender:
 
 async def build_server(
     recommender: Recommender,
-    address: str = "127.0.0.1:0",
+    options: ServerOptions = ServerOptions(),
     handlers: Sequence[grpc.GenericRpcHandler] = (),
+    artifacts: Path | None = None,
 ) -> RunningServer:
-    """A started, SERVING server on ``address`` (port 0 picks a free one). ``handlers`` adds
-    services beside RecommenderService (the benchmarks add a bare echo)."""
+    """A started, SERVING server (``options.address`` with port 0 picks a free one).
+    ``handlers`` adds services beside ours (the benchmarks add a bare echo); ``artifacts`` is
+    the directory ``reload`` re-reads."""
     # One thread per search: with 2 OpenMP threads a single query got slower here, and
     # parallelism comes from concurrent calls and processes instead.
     faiss.omp_set_num_threads(1)
+    metrics = Metrics()
     server = grpc.aio.server(
+        interceptors=[CallGuard(metrics, options.tokens, options.max_inflight)],
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.so_reuseport", 0),  # a port clash is an error, not a silently shared port
-        ]
+        ],
     )
     server.add_generic_rpc_handlers(tuple(handlers))
     servicer = RecommenderServicer(recommender)
@@ -64,36 +110,70 @@ async def build_server(
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
-        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
-    port = server.add_insecure_port(address)
+    if options.tls_cert and options.tls_key:
+        credentials = server_credentials(options.tls_cert, options.tls_key, options.tls_client_ca)
+        port = server.add_secure_port(options.address, credentials)
+    else:
+        port = server.add_insecure_port(options.address)
     if port == 0:
-        raise OSError(f"cannot listen on {address}")
+        raise OSError(f"cannot listen on {options.address}")
+    metrics_port = None
+    if options.metrics_port is not None:
+        host = options.address.rsplit(":", 1)[0].strip("[]")
+        metrics_port = start_metrics_server(metrics, host, options.metrics_port)
+    running = RunningServer(
+        server, port, servicer, health_servicer, metrics, metrics_port, artifacts
+    )
+    recommender_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(running.reload), server)
+    metrics.model_loaded(recommender.model_version, 0.0)
     await server.start()
-    for name in ("", SERVICE_NAME):
+    for name in ("", *SERVICE_NAMES):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return RunningServer(server, port, servicer, health_servicer)
+    return running
 
 
 async def serve(
-    recommender: Recommender,
-    address: str,
+    artifacts: Path,
+    options: ServerOptions,
     grace: float = 10.0,
     drain: float = 0.0,
-    on_ready: Callable[[int], None] | None = None,
+    on_ready: Callable[[RunningServer], None] | None = None,
 ) -> None:
-    """Serve until SIGTERM or SIGINT, then shut down in order and return."""
-    running = await build_server(recommender, address)
+    """Load, serve until SIGTERM or SIGINT, then shut down in order and return. SIGHUP
+    reloads the model."""
+    start = time.perf_counter()
+    recommender = load_recommender(artifacts)
+    running = await build_server(recommender, options, artifacts=artifacts)
+    running.metrics.model_loaded(recommender.model_version, time.perf_counter() - start)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    log.info("serving model %s on %s (port %d)", recommender.model_version, address, running.port)
+    reloads: set[asyncio.Task[object]] = set()
+
+    def reload_on_hup() -> None:
+        task = asyncio.ensure_future(_logged_reload(running))
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, reload_on_hup)
+    log.info(
+        "serving model %s on %s (port %d)%s",
+        recommender.model_version, options.address, running.port,
+        f", metrics on port {running.metrics_port}" if running.metrics_port else "",
+    )  # fmt: skip
     if on_ready:
-        on_ready(running.port)
+        on_ready(running)
     await stop.wait()
     log.info("shutting down: NOT_SERVING, draining %.1fs, then %.1fs grace", drain, grace)
     await running.health.enter_graceful_shutdown()
     await asyncio.sleep(drain)
     await running.server.stop(grace)
     log.info("stopped")
+
+
+async def _logged_reload(running: RunningServer) -> None:
+    with contextlib.suppress(Exception):  # reload() logged it; the old model keeps serving
+        await running.reload()

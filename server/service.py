@@ -26,7 +26,8 @@ log = logging.getLogger(__name__)
 Context = grpc.aio.ServicerContext[Any, Any]
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
-Handler = Callable[["RecommenderServicer", Req, Context], Awaitable[Resp]]
+Servicer = TypeVar("Servicer")
+Handler = Callable[[Servicer, Req, Context], Awaitable[Resp]]
 
 
 def _status_of(error: RecommenderError) -> grpc.StatusCode:
@@ -37,12 +38,12 @@ def _status_of(error: RecommenderError) -> grpc.StatusCode:
     return grpc.StatusCode.FAILED_PRECONDITION
 
 
-def _rpc(handler: Handler[Req, Resp]) -> Handler[Req, Resp]:
+def _rpc(handler: Handler[Servicer, Req, Resp]) -> Handler[Servicer, Req, Resp]:
     """Map domain errors to their status code and anything unexpected to INTERNAL, logged
     here with its traceback and never sent to the client."""
 
     @functools.wraps(handler)
-    async def wrapper(self: RecommenderServicer, request: Req, context: Context) -> Resp:
+    async def wrapper(self: Servicer, request: Req, context: Context) -> Resp:
         try:
             return await handler(self, request, context)
         except RecommenderError as e:
@@ -67,6 +68,10 @@ def _recommendation(item: Scored) -> pb.Recommendation:
                for c in why.top]  # fmt: skip
         out.explanation.CopyFrom(pb.Explanation(top=top, rest=why.rest, bias=why.bias))
     return out
+
+
+class ReloadError(RecommenderError):
+    """The artifact directory could not be loaded; the old model keeps serving."""
 
 
 class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
@@ -113,3 +118,20 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
         m = rec.movie(request.movie_id)
         movie = pb.Movie(movie_id=m.movie_id, title=m.title, genres=m.genres, year=m.year or 0)
         return pb.GetMovieResponse(movie=movie, model_version=rec.model_version)
+
+
+class AdminServicer(pb_grpc.AdminServiceServicer):
+    def __init__(self, reload: Callable[[], Awaitable[tuple[str, str, float]]]) -> None:
+        self._reload = reload
+
+    @_rpc
+    async def ReloadModel(
+        self, request: pb.ReloadModelRequest, context: Context
+    ) -> pb.ReloadModelResponse:
+        try:
+            version, previous, seconds = await self._reload()
+        except Exception as e:
+            raise ReloadError(f"reload refused, still serving the previous model: {e}") from e
+        return pb.ReloadModelResponse(
+            model_version=version, previous_model_version=previous, load_seconds=seconds
+        )

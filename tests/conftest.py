@@ -74,7 +74,7 @@ def loop_thread() -> Iterator[LoopThread]:
 
 @pytest.fixture(scope="session")
 def running_server(recommender: Recommender, loop_thread: LoopThread) -> Iterator[RunningServer]:
-    running = loop_thread.run(build_server(recommender, "127.0.0.1:0"))
+    running = loop_thread.run(build_server(recommender))
     yield running
     loop_thread.run(running.server.stop(None))
 

@@ -13,7 +13,7 @@ from movierec.client import RecommenderClient
 from server.app import build_server, load_recommender
 
 async def main():
-    running = await build_server(load_recommender(sys.argv[1]), "127.0.0.1:0")
+    running = await build_server(load_recommender(sys.argv[1]))
     def call():
         with RecommenderClient(f"127.0.0.1:{running.port}") as c:
             return c.recommend_for_movies([1, 2], k=3)

@@ -321,3 +321,43 @@ class GetMovieResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetMovieResponse: _TypeAlias = GetMovieResponse  # noqa: Y015
+
+@_typing.final
+class ReloadModelRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReloadModelRequest: _TypeAlias = ReloadModelRequest  # noqa: Y015
+
+@_typing.final
+class ReloadModelResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_VERSION_FIELD_NUMBER: _builtins.int
+    PREVIOUS_MODEL_VERSION_FIELD_NUMBER: _builtins.int
+    LOAD_SECONDS_FIELD_NUMBER: _builtins.int
+    model_version: _builtins.str
+    previous_model_version: _builtins.str
+    load_seconds: _builtins.float
+    def __init__(
+        self,
+        *,
+        model_version: _builtins.str = ...,
+        previous_model_version: _builtins.str = ...,
+        load_seconds: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["load_seconds", b"load_seconds", "model_version", b"model_version", "previous_model_version", b"previous_model_version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReloadModelResponse: _TypeAlias = ReloadModelResponse  # noqa: Y015

@@ -188,3 +188,82 @@ class RecommenderService:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class AdminServiceStub:
+    """Operations on a running server. Guarded by the same bearer tokens as RecommenderService.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.ReloadModel = channel.unary_unary(
+                '/movierec.v1.AdminService/ReloadModel',
+                request_serializer=movierec_dot_v1_dot_recommender__pb2.ReloadModelRequest.SerializeToString,
+                response_deserializer=movierec_dot_v1_dot_recommender__pb2.ReloadModelResponse.FromString,
+                _registered_method=True)
+
+
+class AdminServiceServicer:
+    """Operations on a running server. Guarded by the same bearer tokens as RecommenderService.
+    """
+
+    def ReloadModel(self, request, context):
+        """Re-read the artifact directory the server was started with (a directory replaced by a
+        new training run, or a symlink switched to a new version): verified and loaded fully
+        before it replaces the serving model; calls in flight finish on the old one. A bad
+        artifact is refused with FAILED_PRECONDITION and the old model keeps serving.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_AdminServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'ReloadModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReloadModel,
+                    request_deserializer=movierec_dot_v1_dot_recommender__pb2.ReloadModelRequest.FromString,
+                    response_serializer=movierec_dot_v1_dot_recommender__pb2.ReloadModelResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'movierec.v1.AdminService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('movierec.v1.AdminService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class AdminService:
+    """Operations on a running server. Guarded by the same bearer tokens as RecommenderService.
+    """
+
+    @staticmethod
+    def ReloadModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/movierec.v1.AdminService/ReloadModel',
+            movierec_dot_v1_dot_recommender__pb2.ReloadModelRequest.SerializeToString,
+            movierec_dot_v1_dot_recommender__pb2.ReloadModelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

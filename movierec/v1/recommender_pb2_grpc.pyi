@@ -86,3 +86,46 @@ class RecommenderServiceServicer(metaclass=_abc_1.ABCMeta):
         """Metadata of one movie."""
 
 def add_RecommenderServiceServicer_to_server(servicer: RecommenderServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+
+class AdminServiceStub:
+    """Operations on a running server. Guarded by the same bearer tokens as RecommenderService."""
+
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> AdminServiceAsyncStub: ...
+    ReloadModel: _grpc.UnaryUnaryMultiCallable[_recommender_pb2.ReloadModelRequest, _recommender_pb2.ReloadModelResponse]
+    """Re-read the artifact directory the server was started with (a directory replaced by a
+    new training run, or a symlink switched to a new version): verified and loaded fully
+    before it replaces the serving model; calls in flight finish on the old one. A bad
+    artifact is refused with FAILED_PRECONDITION and the old model keeps serving.
+    """
+
+@_typing.type_check_only
+class AdminServiceAsyncStub(AdminServiceStub):
+    """Operations on a running server. Guarded by the same bearer tokens as RecommenderService."""
+
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    ReloadModel: _aio.UnaryUnaryMultiCallable[_recommender_pb2.ReloadModelRequest, _recommender_pb2.ReloadModelResponse]  # type: ignore[assignment]
+    """Re-read the artifact directory the server was started with (a directory replaced by a
+    new training run, or a symlink switched to a new version): verified and loaded fully
+    before it replaces the serving model; calls in flight finish on the old one. A bad
+    artifact is refused with FAILED_PRECONDITION and the old model keeps serving.
+    """
+
+class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
+    """Operations on a running server. Guarded by the same bearer tokens as RecommenderService."""
+
+    @_abc_1.abstractmethod
+    def ReloadModel(
+        self,
+        request: _recommender_pb2.ReloadModelRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_recommender_pb2.ReloadModelResponse, _abc.Awaitable[_recommender_pb2.ReloadModelResponse]]:
+        """Re-read the artifact directory the server was started with (a directory replaced by a
+        new training run, or a symlink switched to a new version): verified and loaded fully
+        before it replaces the serving model; calls in flight finish on the old one. A bad
+        artifact is refused with FAILED_PRECONDITION and the old model keeps serving.
+        """
+
+def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

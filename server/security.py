@@ -1,0 +1,81 @@
+"""Who may call: TLS (optionally mutual) server credentials and bearer tokens.
+
+Tokens come from a file (one per line, ``#`` comments) or the ``MOVIEREC_TOKENS`` environment
+variable (comma-separated); clients send ``authorization: Bearer <token>`` metadata. Tokens are
+compared in constant time, so response timing does not reveal how much of a guess matched.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+TOKENS_ENV = "MOVIEREC_TOKENS"
+
+
+class SecurityConfigError(ValueError):
+    """A TLS or token setting that cannot work; the message says which file and why."""
+
+
+@dataclass(frozen=True)
+class Tokens:
+    """The accepted bearer tokens; empty means authentication is off."""
+
+    values: tuple[bytes, ...] = ()
+
+    @classmethod
+    def load(cls, file: Path | None = None, env: str | None = None) -> Tokens:
+        lines: list[str] = []
+        if file is not None:
+            try:
+                lines = file.read_text().splitlines()
+            except OSError as e:
+                raise SecurityConfigError(f"cannot read tokens file {file}: {e.strerror}") from e
+        raw = os.environ.get(TOKENS_ENV, "") if env is None else env
+        lines += raw.split(",")
+        values = tuple(t.encode() for t in (x.split("#")[0].strip() for x in lines) if t)
+        if file is not None and not values:
+            raise SecurityConfigError(f"tokens file {file} holds no token")
+        return cls(values)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.values)
+
+    def accepts(self, metadata: Sequence[tuple[str, str | bytes]]) -> bool:
+        header = next((v for k, v in metadata if k == "authorization"), None)
+        if header is None:
+            return False
+        given = header.encode() if isinstance(header, str) else header
+        scheme, _, token = given.partition(b" ")
+        if scheme.lower() != b"bearer":
+            return False
+        # Compare against every token (no early exit), each in constant time.
+        return sum(hmac.compare_digest(token, t) for t in self.values) > 0
+
+
+def server_credentials(
+    cert: Path, key: Path, client_ca: Path | None = None
+) -> grpc.ServerCredentials:
+    """TLS with the server's certificate chain and key; with ``client_ca`` clients must
+    present a certificate signed by it (mutual TLS)."""
+
+    def read(path: Path, what: str) -> bytes:
+        try:
+            data = path.read_bytes()
+        except OSError as e:
+            raise SecurityConfigError(f"cannot read {what} {path}: {e.strerror}") from e
+        if b"-----BEGIN" not in data:
+            raise SecurityConfigError(f"{what} {path} is not PEM")
+        return data
+
+    return grpc.ssl_server_credentials(
+        [(read(key, "TLS key"), read(cert, "TLS certificate"))],
+        root_certificates=read(client_ca, "client CA") if client_ca else None,
+        require_client_auth=client_ca is not None,
+    )
