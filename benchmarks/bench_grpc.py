@@ -102,7 +102,7 @@ async def main() -> None:
             ratio = f"p50 x{p50 / echo[c][1]:.2f}, QPS {qps / echo[c][0]:.0%}"
         print(f"{c:>4} {name:>10} {qps:>8.0f} {p50:>8.0f} {p99:>8.0f} | {ratio}", flush=True)
     proc.join()
-    await running.server.stop(None)
+    await running.stop(None)
 
 
 if __name__ == "__main__":

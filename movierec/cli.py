@@ -171,6 +171,7 @@ def _serve(args: argparse.Namespace) -> int:
     options = ServerOptions(
         address=f"{args.host}:{args.port}",
         max_inflight=args.max_inflight,
+        workers=args.workers,
         tokens=tokens,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
@@ -357,6 +358,13 @@ def _add_serve_options(p: argparse.ArgumentParser) -> None:
         type=int,
         default=int(os.environ.get("MOVIEREC_MAX_INFLIGHT", "64")),
         help="calls in progress before new ones get RESOURCE_EXHAUSTED (env MOVIEREC_MAX_INFLIGHT)",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=int(os.environ.get("MOVIEREC_WORKERS", str(os.cpu_count() or 1))),
+        help="threads running searches (FAISS releases the GIL); default one per core "
+        "(env MOVIEREC_WORKERS)",
     )
     p.add_argument(
         "--metrics-port",

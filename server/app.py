@@ -14,6 +14,7 @@ import logging
 import signal
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,6 +40,7 @@ MAX_MESSAGE_BYTES = 1 << 20  # a 10,000-id history is ~100 kB; nothing legitimat
 class ServerOptions:
     address: str = "127.0.0.1:0"  # host:port; port 0 picks a free one
     max_inflight: int = 64  # calls in progress before new ones get RESOURCE_EXHAUSTED
+    workers: int = 2  # threads running the core (FAISS releases the GIL): one per core
     tokens: Tokens = field(default_factory=Tokens)  # bearer tokens; none = no authentication
     tls_cert: Path | None = None  # with tls_key: serve TLS
     tls_key: Path | None = None
@@ -55,7 +57,13 @@ class RunningServer:
     metrics: Metrics
     metrics_port: int | None
     artifacts: Path | None  # what reload() re-reads
+    pool: ThreadPoolExecutor
     _reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    async def stop(self, grace: float | None) -> None:
+        """Stop taking calls, let in-flight ones finish within ``grace`` seconds."""
+        await self.server.stop(grace)
+        self.pool.shutdown(wait=False, cancel_futures=True)
 
     async def reload(self) -> tuple[str, str, float]:
         """Verify and load the artifact directory again, then swap the model in one
@@ -105,7 +113,8 @@ async def build_server(
         ],
     )
     server.add_generic_rpc_handlers(tuple(handlers))
-    servicer = RecommenderServicer(recommender)
+    pool = ThreadPoolExecutor(options.workers, thread_name_prefix="movierec-worker")
+    servicer = RecommenderServicer(recommender, pool)
     recommender_pb2_grpc.add_RecommenderServiceServicer_to_server(servicer, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -124,7 +133,7 @@ async def build_server(
         host = options.address.rsplit(":", 1)[0].strip("[]")
         metrics_port = start_metrics_server(metrics, host, options.metrics_port)
     running = RunningServer(
-        server, port, servicer, health_servicer, metrics, metrics_port, artifacts
+        server, port, servicer, health_servicer, metrics, metrics_port, artifacts, pool
     )
     recommender_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(running.reload), server)
     metrics.model_loaded(recommender.model_version, 0.0)
@@ -170,7 +179,7 @@ async def serve(
     log.info("shutting down: NOT_SERVING, draining %.1fs, then %.1fs grace", drain, grace)
     await running.health.enter_graceful_shutdown()
     await asyncio.sleep(drain)
-    await running.server.stop(grace)
+    await running.stop(grace)
     log.info("stopped")
 
 

@@ -4,9 +4,12 @@ client as UNKNOWN with a traceback."""
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
+import time
 from collections.abc import Awaitable, Callable
+from concurrent.futures import Executor
 from typing import Any, TypeVar
 
 import grpc
@@ -35,6 +38,8 @@ def _status_of(error: RecommenderError) -> grpc.StatusCode:
         return grpc.StatusCode.NOT_FOUND
     if isinstance(error, InvalidArgumentError):
         return grpc.StatusCode.INVALID_ARGUMENT
+    if isinstance(error, DeadlineExpiredError):
+        return grpc.StatusCode.DEADLINE_EXCEEDED
     return grpc.StatusCode.FAILED_PRECONDITION
 
 
@@ -74,11 +79,31 @@ class ReloadError(RecommenderError):
     """The artifact directory could not be loaded; the old model keeps serving."""
 
 
+class DeadlineExpiredError(RecommenderError):
+    """The caller's deadline passed while the call waited for a worker."""
+
+
 class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
-    def __init__(self, recommender: Recommender) -> None:
+    """Handlers parse and validate on the event loop, then run the core on a worker pool:
+    FAISS releases the GIL, so searches use every core, and the loop stays free to admit,
+    shed and health-check while workers are busy."""
+
+    def __init__(self, recommender: Recommender, pool: Executor) -> None:
         # Swapped as one reference on reload; each call reads it once, so an answer never
         # mixes two models.
         self.recommender = recommender
+        self._pool = pool
+
+    async def _work(self, context: Context, fn: Callable[[], Resp]) -> Resp:
+        remaining = context.time_remaining()
+        deadline = None if remaining is None else time.monotonic() + remaining
+
+        def run() -> Resp:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise DeadlineExpiredError("deadline passed while the call waited for a worker")
+            return fn()
+
+        return await asyncio.get_running_loop().run_in_executor(self._pool, run)
 
     @_rpc
     async def Recommend(
@@ -88,33 +113,42 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
         has_user = request.HasField("user_id")
         if has_user == bool(request.movie_ids):
             raise InvalidArgumentError("set exactly one of user_id or movie_ids")
-        if has_user:
-            result = rec.recommend(
-                request.user_id, request.k, request.include_watched, request.explain
+
+        def work() -> pb.RecommendResponse:
+            if has_user:
+                result = rec.recommend(
+                    request.user_id, request.k, request.include_watched, request.explain
+                )
+            else:
+                result = rec.recommend_for_movies(
+                    request.movie_ids, request.k, request.include_watched, request.explain
+                )
+            return pb.RecommendResponse(
+                recommendations=[_recommendation(s) for s in result.items],
+                model_version=rec.model_version,
+                ignored_movie_ids=result.ignored_movie_ids,
             )
-        else:
-            result = rec.recommend_for_movies(
-                request.movie_ids, request.k, request.include_watched, request.explain
-            )
-        return pb.RecommendResponse(
-            recommendations=[_recommendation(s) for s in result.items],
-            model_version=rec.model_version,
-            ignored_movie_ids=result.ignored_movie_ids,
-        )
+
+        return await self._work(context, work)
 
     @_rpc
     async def SimilarMovies(
         self, request: pb.SimilarMoviesRequest, context: Context
     ) -> pb.SimilarMoviesResponse:
         rec = self.recommender
-        items = rec.similar(request.movie_id, request.k)
-        return pb.SimilarMoviesResponse(
-            recommendations=[_recommendation(s) for s in items], model_version=rec.model_version
-        )
+
+        def work() -> pb.SimilarMoviesResponse:
+            items = rec.similar(request.movie_id, request.k)
+            return pb.SimilarMoviesResponse(
+                recommendations=[_recommendation(s) for s in items],
+                model_version=rec.model_version,
+            )
+
+        return await self._work(context, work)
 
     @_rpc
     async def GetMovie(self, request: pb.GetMovieRequest, context: Context) -> pb.GetMovieResponse:
-        rec = self.recommender
+        rec = self.recommender  # a dictionary-speed lookup: not worth a trip to the pool
         m = rec.movie(request.movie_id)
         movie = pb.Movie(movie_id=m.movie_id, title=m.title, genres=m.genres, year=m.year or 0)
         return pb.GetMovieResponse(movie=movie, model_version=rec.model_version)

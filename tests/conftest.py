@@ -76,7 +76,7 @@ def loop_thread() -> Iterator[LoopThread]:
 def running_server(recommender: Recommender, loop_thread: LoopThread) -> Iterator[RunningServer]:
     running = loop_thread.run(build_server(recommender))
     yield running
-    loop_thread.run(running.server.stop(None))
+    loop_thread.run(running.stop(None))
 
 
 @pytest.fixture(scope="session")

@@ -18,7 +18,7 @@ async def main():
         with RecommenderClient(f"127.0.0.1:{running.port}") as c:
             return c.recommend_for_movies([1, 2], k=3)
     response = await asyncio.to_thread(call)
-    await running.server.stop(None)
+    await running.stop(None)
     assert len(response.recommendations) == 3
 asyncio.run(main())
 heavy = sorted(m for m in ("torch", "pandas", "tqdm", "trainer") if m in sys.modules)
