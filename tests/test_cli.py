@@ -40,7 +40,7 @@ def test_train_flags_carry_their_comments() -> None:
     assert "--like-threshold" in out and "watched and liked" in out
 
 
-def start_server(artifacts: Path, port: int) -> subprocess.Popen[str]:
+def start_server(artifacts: Path, port: int, *flags: str) -> subprocess.Popen[str]:
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -51,6 +51,7 @@ def start_server(artifacts: Path, port: int) -> subprocess.Popen[str]:
             str(artifacts),
             "--port",
             str(port),
+            *flags,
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -100,6 +101,59 @@ def test_serve_recommend_similar_and_sigterm(artifacts_dir: Path, recommender) -
         assert proc.stdout is not None
         assert "stopped" in proc.stdout.read()
         proc.stdout.close()
+
+
+def test_sighup_and_reload_command_swap_the_model(
+    artifacts_dir: Path, sample_dir: Path, tmp_path: Path, recommender
+) -> None:
+    import shutil
+
+    from movierec.artifacts import read_artifacts
+    from trainer.config import TrainConfig
+    from trainer.pipeline import run_training
+
+    from .conftest import SAMPLE_CONFIG
+
+    current = tmp_path / "current"
+    shutil.copytree(artifacts_dir, current)
+    port = free_port()
+    proc = start_server(current, port, "--tokens-file", str(_write(tmp_path / "t", "tok\n")))
+    target = ["--target", f"127.0.0.1:{port}", "--token", "tok"]
+
+    def version() -> str:
+        out = run("movierec", "recommend", *target, "--movies", "1,2", "-k", "1", "--json")
+        return str(json.loads(out.stdout)["model_version"])
+
+    try:
+        assert version() == recommender.model_version
+        # A re-train into the same directory replaces it atomically; SIGHUP picks it up.
+        config = TrainConfig(**{**vars(SAMPLE_CONFIG), "seed": 7})
+        run_training(current, config, data=sample_dir, show_progress=False)
+        new = read_artifacts(current).model_version
+        proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 30
+        while version() != new:
+            assert time.monotonic() < deadline, "SIGHUP did not reload"
+            time.sleep(0.1)
+        (current / "vectors.npy").write_bytes(b"truncated")
+        refused = run("movierec", "reload", *target)
+        assert refused.returncode == 1
+        assert refused.stderr.startswith("movierec reload: FAILED_PRECONDITION: reload refused")
+        assert "vectors.npy" in refused.stderr
+        assert version() == new  # the old model keeps serving
+        assert run("movierec", "reload", "--target", f"127.0.0.1:{port}").returncode == 1
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+        assert proc.stdout is not None
+        log = proc.stdout.read()
+        proc.stdout.close()
+    assert "reloaded: serving" in log and "reload refused, still serving" in log
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
 
 
 def test_serve_refuses_a_damaged_artifact(artifacts_dir: Path, tmp_path: Path) -> None:

@@ -6,6 +6,8 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from movierec.client import RecommenderClient
 from movierec.v1 import recommender_pb2 as pb
@@ -153,7 +155,9 @@ def test_similar_and_get_movie_errors(stub) -> None:
 
 
 def test_oversized_message_is_rejected(stub) -> None:
-    code, _ = code_and_details(stub.Recommend, pb.RecommendRequest(movie_ids=[1] * 2_000_000, k=5))
+    request = pb.RecommendRequest(movie_ids=[2**62] * 1_200_000, k=5)  # 10.8 MB
+    assert request.ByteSize() > 10_000_000
+    code, _ = code_and_details(stub.Recommend, request)
     assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
@@ -178,3 +182,42 @@ def test_reflection_lists_the_services(running_server: RunningServer) -> None:
         )
         names = {s.name for r in responses for s in r.list_services_response.service}
     assert {"movierec.v1.RecommenderService", "grpc.health.v1.Health"} <= names
+
+
+# Arbitrary field values at every RPC: always a proper status, never a crash or a traceback.
+INT64 = st.integers(-(2**63), 2**63 - 1)
+INT32 = st.integers(-(2**31), 2**31 - 1)
+EXPECTED = {grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND}
+
+
+def outcome(call, request) -> grpc.StatusCode:  # type: ignore[no-untyped-def]
+    try:
+        call(request, timeout=10)
+        return grpc.StatusCode.OK
+    except grpc.RpcError as e:
+        assert "Traceback" not in (e.details() or "")
+        return e.code()
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+@given(
+    user_id=st.none() | INT64 | st.sampled_from([1, 2, 3]),
+    movie_ids=st.lists(INT64 | st.integers(1, 700), max_size=40),
+    k=INT32 | st.integers(0, 30),
+    include_watched=st.booleans(),
+    explain=INT32 | st.integers(0, 5),
+)
+def test_recommend_fuzz(stub, user_id, movie_ids, k, include_watched, explain) -> None:
+    request = pb.RecommendRequest(
+        movie_ids=movie_ids, k=k, include_watched=include_watched, explain=explain
+    )
+    if user_id is not None:
+        request.user_id = user_id
+    assert outcome(stub.Recommend, request) in EXPECTED
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=list(HealthCheck))
+@given(movie_id=INT64 | st.integers(0, 700), k=INT32 | st.integers(0, 30))
+def test_similar_and_get_movie_fuzz(stub, movie_id, k) -> None:
+    assert outcome(stub.SimilarMovies, pb.SimilarMoviesRequest(movie_id=movie_id, k=k)) in EXPECTED
+    assert outcome(stub.GetMovie, pb.GetMovieRequest(movie_id=movie_id)) in EXPECTED
