@@ -19,6 +19,7 @@ pickled. Imports stay light (stdlib, numpy, faiss) so the server never pulls in 
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import json
 import os
@@ -326,7 +327,23 @@ def _replace_dir(new: Path, out: Path) -> None:
         return
     if not (out / MANIFEST).exists() and any(out.iterdir()):
         raise ArtifactError(f"{out}: exists and is not an artifact directory; refusing to replace")
+    if _exchange(new, out):  # one atomic step: out is always a whole artifact
+        shutil.rmtree(new, ignore_errors=True)  # now holds the previous artifact
+        return
     old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-    os.rename(out, old / out.name)
+    os.rename(out, old / out.name)  # out is briefly absent: a reload then keeps the old model
     os.rename(new, out)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two directories atomically (Linux renameat2 RENAME_EXCHANGE); False where the
+    platform or filesystem cannot."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    result: int = renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange)
+    return result == 0

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import faiss
@@ -153,3 +156,31 @@ def test_refuses_to_replace_a_foreign_directory(tmp_path: Path) -> None:
     with pytest.raises(ArtifactError, match="not an artifact directory"):
         tiny(tmp_path / "a")
     assert (tmp_path / "a" / "precious.txt").read_text() == "keep me"
+
+
+KILL_MID_EXPORT = """
+import os, signal, sys
+from pathlib import Path
+import faiss
+from tests.test_artifacts import tiny
+
+def die(*args):  # the vectors and movies are written; the process dies before the index
+    os.kill(os.getpid(), signal.SIGKILL)
+
+faiss.write_index = die
+tiny(Path(sys.argv[1]), n=9)
+"""
+
+
+def test_killed_mid_export_leaves_the_previous_artifact(tmp_path: Path) -> None:
+    first = tiny(tmp_path / "a")
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run(
+        [sys.executable, "-c", KILL_MID_EXPORT, str(tmp_path / "a")], cwd=root, timeout=60
+    )
+    assert result.returncode == -signal.SIGKILL
+    assert read_artifacts(tmp_path / "a").model_version == first["model_version"]
+    leftovers = [p for p in tmp_path.iterdir() if p.name != "a"]
+    assert [p.name.startswith(".a.tmp-") for p in leftovers] == [True]  # hidden, incomplete
+    with pytest.raises(ArtifactError, match="missing"):
+        read_artifacts(leftovers[0])  # no manifest: nothing would ever load it
