@@ -156,20 +156,33 @@ def _write(path: Path, text: str) -> Path:
     return path
 
 
-def test_serve_refuses_a_damaged_artifact(artifacts_dir: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("damage", ["flipped bit", "missing file", "truncated", "no directory"])
+def test_serve_refuses_a_damaged_artifact(artifacts_dir: Path, tmp_path: Path, damage: str) -> None:
     import shutil
 
     broken = tmp_path / "broken"
     shutil.copytree(artifacts_dir, broken)
     index = broken / "index.faiss"
     data = bytearray(index.read_bytes())
-    data[40] ^= 0x01
-    index.write_bytes(data)
+    expected = {
+        "flipped bit": f"{index}: sha256 does not match the manifest (corrupt)",
+        "missing file": f"{index}: missing",
+        "truncated": f"{index}: {len(data) // 2} bytes, manifest says {len(data)} (truncated",
+        "no directory": f"{broken}: not an artifact directory (no such directory)",
+    }[damage]
+    if damage == "flipped bit":
+        data[40] ^= 0x01
+        index.write_bytes(data)
+    elif damage == "missing file":
+        index.unlink()
+    elif damage == "truncated":
+        index.write_bytes(data[: len(data) // 2])
+    else:
+        shutil.rmtree(broken)
     result = run("movierec", "serve", "--artifacts", str(broken), "--port", "0")
     assert result.returncode == 1
-    assert result.stderr.strip().splitlines()[-1] == (
-        f"movierec serve: error: {index}: sha256 does not match the manifest (corrupt)"
-    )
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"movierec serve: error: {expected}"), lines
 
 
 def test_train_reports_bad_data_in_one_line(tmp_path: Path) -> None:

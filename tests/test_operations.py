@@ -327,3 +327,32 @@ def test_reload_under_load_never_fails_or_mixes(
         "movierec_model_reloads_total", {"result": "refused"}
     )
     assert refused == 2
+
+
+def test_health_answers_while_every_worker_is_busy(
+    loop_thread: LoopThread, recommender: Recommender
+) -> None:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    ids = recommender.artifacts.movie_ids.tolist()
+    heavy = pb.RecommendRequest(movie_ids=(ids * MAX_HISTORY)[:MAX_HISTORY], k=50, explain=5)
+
+    async def probe_during_burst(port: int) -> tuple[list[float], bool]:
+        burst = asyncio.ensure_future(_burst(port, [heavy] * 100, timeout=60))
+        await asyncio.sleep(0.05)
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            latencies = []
+            for _ in range(5):
+                start = asyncio.get_running_loop().time()
+                r = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1.0)
+                assert r.status == health_pb2.HealthCheckResponse.SERVING
+                latencies.append(asyncio.get_running_loop().time() - start)
+        busy = not burst.done()
+        await burst
+        return latencies, busy
+
+    with server(loop_thread, recommender, ServerOptions(workers=1, max_inflight=1000)) as running:
+        latencies, busy = asyncio.run(probe_during_burst(running.port))
+    assert busy, "the burst ended before the probes; make it heavier"
+    assert max(latencies) < 1.0, latencies
