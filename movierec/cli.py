@@ -75,6 +75,8 @@ def _train(args: argparse.Namespace) -> int:
     except ImportError as e:
         raise UsageError(f"{e.name} is missing: install 'movierec[train]'") from None
     config = _train_config(args)
+    if args.resume and args.checkpoint is None:
+        raise UsageError("--resume needs --checkpoint")
     manifest = run_training(
         args.out,
         config,
@@ -82,6 +84,8 @@ def _train(args: argparse.Namespace) -> int:
         ratings=args.ratings,
         movies=args.movies,
         show_progress=not args.quiet,
+        checkpoint=args.checkpoint,
+        resume=args.resume,
     )
     counts = manifest["counts"]
     print(
@@ -412,6 +416,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--ratings", type=Path, help="explicit ratings file (with --movies)")
     p.add_argument("--movies", type=Path, help="explicit movies file (with --ratings)")
     p.add_argument("--out", type=Path, required=True, help="artifact directory to write")
+    p.add_argument("--checkpoint", type=Path, help="save training state here after every epoch")
+    p.add_argument("--resume", action="store_true", help="continue from --checkpoint if it exists")
     _add_train_options(p)
 
     p = command("evaluate", _evaluate, "score a model under EVALUATION.md (recall, NDCG, ...)")

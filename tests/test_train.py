@@ -60,3 +60,33 @@ def test_bad_settings_are_refused() -> None:
         TrainConfig(dim=0)
     with pytest.raises(ValueError, match="keep must be in"):
         TrainConfig(keep=0)
+
+
+def test_resume_after_a_crash_gives_the_uninterrupted_result(
+    sample_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from trainer import train as train_module
+
+    corpus = build_corpus(load(sample_dir), 3.5, 1)
+    for config in (TrainConfig(epochs=4, dim=16), TrainConfig(objective="sgns", dim=8, epochs=3)):
+        whole = train(corpus, config, False)
+        checkpoint = tmp_path / f"{config.objective}.pt"
+        real_save, saves = train_module._save, []
+
+        def save_then_crash(*args, real_save=real_save, saves=saves) -> None:  # type: ignore[no-untyped-def]
+            real_save(*args)
+            saves.append(args[-1])
+            if len(saves) == 2:
+                raise KeyboardInterrupt  # the process dies after its 2nd checkpoint
+
+        monkeypatch.setattr(train_module, "_save", save_then_crash)
+        with pytest.raises(KeyboardInterrupt):
+            train(corpus, config, False, checkpoint=checkpoint)
+        monkeypatch.undo()
+        resumed = train(corpus, config, False, checkpoint=checkpoint, resume=True)
+        assert saves == [1, 2]
+        assert np.array_equal(whole.inp, resumed.inp) and np.array_equal(whole.out, resumed.out)
+        assert np.array_equal(whole.bias, resumed.bias)
+        other = TrainConfig(**{**vars(config), "lr": 0.1})
+        with pytest.raises(ValueError, match=r"other settings \(lr\)"):
+            train(corpus, other, False, checkpoint=checkpoint, resume=True)

@@ -20,11 +20,13 @@ def run_training(
     ratings: Path | None = None,
     movies: Path | None = None,
     show_progress: bool = True,
+    checkpoint: Path | None = None,
+    resume: bool = False,
 ) -> dict[str, Any]:
     """Train on a MovieLens folder (or explicit files) and write artifacts to ``out``;
-    returns the manifest."""
+    returns the manifest. ``checkpoint``/``resume``: see ``trainer.train.train``."""
     dataset = movielens.load(data, ratings=ratings, movies=movies)
     corpus = build_corpus(dataset, config.like_threshold, config.min_count)
-    embeddings = train(corpus, config, show_progress=show_progress)
+    embeddings = train(corpus, config, show_progress, checkpoint, resume)
     source = str(data if data is not None else ratings)
     return export(Path(out), corpus, embeddings, config, source=source)

@@ -7,11 +7,14 @@ The knobs are TrainConfig's fields (trainer/config.py).
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
@@ -36,7 +39,16 @@ class Embeddings:
     seconds: float
 
 
-def train(corpus: Corpus, config: TrainConfig, show_progress: bool = True) -> Embeddings:
+def train(
+    corpus: Corpus,
+    config: TrainConfig,
+    show_progress: bool = True,
+    checkpoint: Path | None = None,
+    resume: bool = False,
+) -> Embeddings:
+    """Train; with ``checkpoint`` the model, optimiser and random states are saved there after
+    every epoch, and ``resume`` continues from that file with the same result as a run that
+    was never interrupted."""
     torch.manual_seed(config.seed)
     torch.set_num_threads(config.threads or os.cpu_count() or 1)
     rng = np.random.default_rng(config.seed)
@@ -49,21 +61,29 @@ def train(corpus: Corpus, config: TrainConfig, show_progress: bool = True) -> Em
     else:
         optimizer = torch.optim.Adam(model.parameters(), config.lr)
     epoch_steps, units, unit = _objective(corpus, config, model, optimizer, counts, rng)
+    first_epoch = 0
+    if resume and checkpoint is not None and checkpoint.exists():
+        first_epoch = _restore(checkpoint, config, model, optimizer, rng)
+        log.info("resuming from %s after epoch %d", checkpoint, first_epoch)
     log.info(
         "training %s: %d movies, %d users, %d liked ratings, %d %ss/epoch, dim %d",
         config.objective, n, len(corpus.baskets.lengths), len(corpus.baskets.items), units,
         unit, config.dim,
     )  # fmt: skip
     start = time.perf_counter()
-    with tqdm(total=config.epochs * units, unit=unit, unit_scale=True,
-              disable=not show_progress, desc=f"train {config.objective}") as bar:  # fmt: skip
-        for epoch in range(config.epochs):
+    total, seen = 0.0, 0
+    with tqdm(total=config.epochs * units, initial=first_epoch * units, unit=unit,
+              unit_scale=True, disable=not show_progress,
+              desc=f"train {config.objective}") as bar:  # fmt: skip
+        for epoch in range(first_epoch, config.epochs):
             total, seen = 0.0, 0
             for loss, done in epoch_steps():
                 total, seen = total + loss * done, seen + done
                 bar.update(done)
                 bar.set_postfix(epoch=epoch + 1, loss=f"{total / seen:.4f}")
             log.debug("epoch %d/%d: loss %.4f", epoch + 1, config.epochs, total / max(seen, 1))
+            if checkpoint is not None:
+                _save(checkpoint, config, model, optimizer, rng, epoch + 1)
     seconds = time.perf_counter() - start
     log.info("trained in %.1fs, final loss %.4f", seconds, total / max(seen, 1))
     return Embeddings(
@@ -75,6 +95,51 @@ def train(corpus: Corpus, config: TrainConfig, show_progress: bool = True) -> Em
 
 
 Steps = Iterator[tuple[float, int]]  # (mean loss, units done) per optimiser step
+
+
+def _save(
+    path: Path,
+    config: TrainConfig,
+    model: ItemEmbeddings,
+    optimizer: torch.optim.Optimizer,
+    rng: np.random.Generator,
+    epochs_done: int,
+) -> None:
+    """Everything the next epoch depends on, written to a temporary file and renamed."""
+    state = {
+        "config": json.dumps(dataclasses.asdict(config), sort_keys=True),
+        "epochs_done": epochs_done,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "numpy_rng": json.dumps(rng.bit_generator.state),
+        "torch_rng": torch.get_rng_state(),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def _restore(
+    path: Path,
+    config: TrainConfig,
+    model: ItemEmbeddings,
+    optimizer: torch.optim.Optimizer,
+    rng: np.random.Generator,
+) -> int:
+    """Load a checkpoint written by ``_save`` (tensors and plain values only: weights_only,
+    nothing is unpickled); returns the epochs it had done."""
+    state = torch.load(path, weights_only=True)
+    saved = json.loads(state["config"])
+    if saved != dataclasses.asdict(config):
+        changed = sorted(k for k in saved if saved[k] != getattr(config, k, None))
+        raise ValueError(f"{path} was written with other settings ({', '.join(changed)}); "
+                         "resume with the same settings or start afresh")  # fmt: skip
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    rng.bit_generator.state = json.loads(state["numpy_rng"])
+    torch.set_rng_state(state["torch_rng"])
+    return int(state["epochs_done"])
 
 
 def _objective(
