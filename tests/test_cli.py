@@ -40,12 +40,15 @@ def test_train_flags_carry_their_comments() -> None:
     assert "--like-threshold" in out and "watched and liked" in out
 
 
-def start_server(artifacts: Path, port: int, *flags: str) -> subprocess.Popen[str]:
+def start_server(
+    artifacts: Path, port: int, *flags: str, json_logs: bool = False
+) -> subprocess.Popen[str]:
     proc = subprocess.Popen(
         [
             sys.executable,
             "-m",
             "movierec",
+            *(["--log-format", "json"] if json_logs else []),
             "serve",
             "--artifacts",
             str(artifacts),
@@ -101,6 +104,61 @@ def test_serve_recommend_similar_and_sigterm(artifacts_dir: Path, recommender) -
         assert proc.stdout is not None
         assert "stopped" in proc.stdout.read()
         proc.stdout.close()
+
+
+def test_sigterm_drains_with_calls_in_flight(artifacts_dir: Path, recommender) -> None:
+    """NOT_SERVING at once, answering through the drain, then UNAVAILABLE; exit 0; JSON logs."""
+    import threading
+
+    import grpc
+
+    from movierec.client import RecommenderClient
+
+    port = free_port()
+    proc = start_server(artifacts_dir, port, "--drain", "1.5", "--grace", "5", json_logs=True)
+    assert proc.stdout is not None
+    lines: list[str] = []  # read as it comes: an access line per call would fill the pipe
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)  # type: ignore[arg-type]
+    reader.start()
+    ids = recommender.artifacts.movie_ids.tolist()
+    outcomes: list[tuple[float, str]] = []
+    stop = threading.Event()
+
+    def caller() -> None:
+        with RecommenderClient(f"127.0.0.1:{port}", timeout=5) as c:
+            while not stop.is_set():
+                try:
+                    c.recommend_for_movies(ids[:50], 20, explain=3)
+                    outcomes.append((time.monotonic(), "OK"))
+                except grpc.RpcError as e:
+                    outcomes.append((time.monotonic(), e.code().name))
+                    time.sleep(0.01)
+
+    threads = [threading.Thread(target=caller, daemon=True) for _ in range(4)]
+    try:
+        for t in threads:
+            t.start()
+        time.sleep(0.5)
+        sigterm = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        with RecommenderClient(f"127.0.0.1:{port}", timeout=2) as probe:
+            time.sleep(0.3)
+            assert probe.health() == "NOT_SERVING"
+        assert proc.wait(timeout=30) == 0
+    finally:
+        stop.set()
+        proc.kill()  # a no-op once it has exited
+    for t in threads:
+        t.join(timeout=10)
+    draining = [code for at, code in outcomes if sigterm < at < sigterm + 1.4]
+    assert draining and set(draining) == {"OK"}  # still answering while NOT_SERVING
+    assert {code for _, code in outcomes} <= {"OK", "UNAVAILABLE"}  # nothing failed midway
+    reader.join(timeout=10)
+    proc.stdout.close()
+    records = [json.loads(line) for line in lines if line.startswith("{")]
+    assert {"time", "level", "logger", "message"} <= set(records[-1])
+    assert records[-1]["message"] == "stopped"
+    assert any(r["logger"] == "movierec.access" and r["code"] == "OK" for r in records)
 
 
 def test_sighup_and_reload_command_swap_the_model(

@@ -303,7 +303,7 @@ def test_reload_under_load_never_fails_or_mixes(
                     except Exception as e:
                         errors.append(e)
 
-        threads = [threading.Thread(target=reader) for _ in range(3)]
+        threads = [threading.Thread(target=reader, daemon=True) for _ in range(3)]
         for t in threads:
             t.start()
         with RecommenderClient(target) as admin:
