@@ -265,6 +265,8 @@ def _check_consistent(
         raise ValueError(f"index holds {index.ntotal} vectors for {n} movies")
     if index.metric_type != faiss.METRIC_INNER_PRODUCT:
         raise ValueError("index metric is not inner product")
+    if type(faiss.downcast_index(index)).__name__ not in INDEX_TYPES.values():
+        raise ValueError(f"index type must be one of {', '.join(INDEX_TYPES.values())}")
     h = histories
     if len(h.indptr) != len(h.user_ids) + 1 or h.indptr[0] != 0 or h.indptr[-1] != len(h.rows):
         raise ValueError("histories: indptr does not match user_ids and rows")
@@ -274,6 +276,30 @@ def _check_consistent(
         raise ValueError("histories: a row is outside the catalogue")
     if np.any(np.diff(h.user_ids) <= 0):
         raise ValueError("histories: user_ids are not strictly increasing")
+
+
+INDEX_TYPES = {"flat": "IndexFlatIP", "hnsw": "IndexHNSWFlat"}
+
+
+def build_index(
+    vectors: FloatArray, kind: str = "flat", hnsw_m: int = 32, ef_search: int = 128
+) -> faiss.Index:
+    """The inner-product index over ``vectors``: ``flat`` is exact (the default);
+    ``hnsw`` is an approximate graph for catalogues where a full scan is too slow (~1M
+    movies). ``ef_search`` is stored in the index and is the server's default search depth."""
+    d = vectors.shape[1]
+    index: faiss.Index
+    if kind == "flat":
+        index = faiss.IndexFlatIP(d)
+    elif kind == "hnsw":
+        graph = faiss.IndexHNSWFlat(d, hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        graph.hnsw.efConstruction = max(2 * hnsw_m, 80)
+        graph.hnsw.efSearch = ef_search
+        index = graph
+    else:
+        raise ValueError(f"index must be one of {', '.join(INDEX_TYPES)}, got {kind!r}")
+    index.add(np.ascontiguousarray(vectors, dtype=np.float32))
+    return index
 
 
 def _index_facts(index: faiss.Index) -> dict[str, Any]:

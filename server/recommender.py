@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import faiss
 import numpy as np
@@ -82,6 +83,8 @@ class Recommender:
         self._like_threshold = float(aggregation.get("like_threshold", -np.inf))
         # The index may carry one extra dimension (a bias); the query then ends in a 1.
         self._append_one = bool(aggregation.get("append_one", False))
+        hnsw = getattr(faiss.downcast_index(self._index), "hnsw", None)
+        self._ef_search: int | None = int(hnsw.efSearch) if hnsw is not None else None
         self._order = np.argsort(artifacts.movie_ids)  # row_of via binary search, vectorised
         self._sorted_ids = artifacts.movie_ids[self._order]
 
@@ -163,7 +166,9 @@ class Recommender:
             return np.zeros(0, np.int64), np.zeros(0, np.float32)
         if len(excluded) <= OVERFETCH_MAX:
             # The excluded movies can take at most len(excluded) of the k + len(excluded) best.
-            scores, ids = self._index.search(query, k + len(excluded))
+            scores, ids = self._index.search(
+                query, k + len(excluded), params=self._params(k + len(excluded))
+            )
             pos = np.minimum(np.searchsorted(excluded, ids[0]), max(len(excluded) - 1, 0))
             keep = ids[0] >= 0
             if len(excluded):
@@ -173,11 +178,19 @@ class Recommender:
         np.bitwise_or.at(bitmap, excluded >> 3, np.left_shift(1, excluded & 7).astype(np.uint8))
         # FAISS keeps a raw pointer to bitmap, referenced here until the search is done.
         inner = faiss.IDSelectorBitmap(self._index.ntotal, faiss.swig_ptr(bitmap))
-        # faiss's Python wrapper accepts the selector as a keyword; its stubs do not know it
-        params = faiss.SearchParameters(sel=faiss.IDSelectorNot(inner))  # type: ignore[call-arg]
+        params = self._params(k, faiss.IDSelectorNot(inner))
         scores, ids = self._index.search(query, k, params=params)
         found = ids[0] >= 0
         return ids[0][found], scores[0][found]
+
+    def _params(self, k: int, selector: faiss.IDSelector | None = None) -> Any:
+        """Search parameters: the exclusion selector, and for HNSW a search depth of at
+        least k (its efSearch bounds how many results it can return)."""
+        # faiss's Python wrapper takes these as keywords; its stubs do not know them
+        if self._ef_search is not None:
+            ef = max(self._ef_search, k)
+            return faiss.SearchParametersHNSW(sel=selector, efSearch=ef)  # type: ignore[attr-defined]
+        return faiss.SearchParameters(sel=selector) if selector is not None else None  # type: ignore[call-arg]
 
     def _results(
         self,

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
+from movierec.artifacts import build_index
 from server.recommender import (
     MAX_EXPLAIN,
     MAX_HISTORY,
     MAX_K,
+    OVERFETCH_MAX,
     InvalidArgumentError,
     NotFoundError,
     Recommender,
@@ -171,3 +175,25 @@ def test_explain_out_of_range(recommender: Recommender, explain: int) -> None:
         recommender.recommend_for_movies(
             [int(recommender.artifacts.movie_ids[0])], 5, explain=explain
         )
+
+
+def test_hnsw_index_finds_what_exact_search_finds(recommender: Recommender) -> None:
+    exact = recommender.artifacts.index
+    vectors = exact.reconstruct_n(0, exact.ntotal)
+    graph = build_index(vectors, "hnsw", hnsw_m=16, ef_search=64)
+    approx = Recommender(dataclasses.replace(recommender.artifacts, index=graph))
+    users = recommender.artifacts.histories.user_ids[::10]
+    hits = []
+    for user in users.tolist():
+        want = {s.movie.movie_id for s in recommender.recommend(user, 10).items}
+        got = approx.recommend(user, 10).items
+        assert len(got) == 10
+        hits.append(len(want & {s.movie.movie_id for s in got}) / 10)
+    assert np.mean(hits) >= 0.95, np.mean(hits)
+    # k above efSearch and long exclusions (the selector path) still give exactly k
+    user = int(users[0])
+    rows, _ = recommender.artifacts.histories.lookup(user)
+    assert len(approx.recommend(user, 200).items) == 200
+    everything = recommender.artifacts.movie_ids[: OVERFETCH_MAX + 50].tolist()
+    items = approx.recommend_for_movies(everything, 30, explain=2).items
+    assert len(items) == 30 and not set(everything) & {s.movie.movie_id for s in items}

@@ -90,3 +90,13 @@ def test_resume_after_a_crash_gives_the_uninterrupted_result(
         other = TrainConfig(**{**vars(config), "lr": 0.1})
         with pytest.raises(ValueError, match=r"other settings \(lr\)"):
             train(corpus, other, False, checkpoint=checkpoint, resume=True)
+
+
+def test_hnsw_export_round_trips(sample_dir: Path, tmp_path: Path) -> None:
+    config = TrainConfig(epochs=2, dim=16, index="hnsw", hnsw_m=8, ef_search=40)
+    manifest = run_training(tmp_path / "a", config, data=sample_dir, show_progress=False)
+    assert manifest["index"]["type"] == "IndexHNSWFlat"
+    rec = Recommender(read_artifacts(tmp_path / "a"))
+    assert len(rec.recommend(int(rec.artifacts.histories.user_ids[0]), 10).items) == 10
+    with pytest.raises(ValueError, match="index must be flat or hnsw"):
+        TrainConfig(index="ivf")

@@ -30,17 +30,23 @@ class TrainConfig:
     subsample: float = 0.0  # word2vec subsampling of frequent movies (e.g. 1e-3); 0 = off
     lr: float = 0.005  # Adam learning rate
     batch_size: int = 4096  # sgns: pairs per step; softmax: 1/16 of it as movies per step
+    index: str = "flat"  # "flat": exact search; "hnsw": approximate graph, for ~1M movies
+    hnsw_m: int = 32  # hnsw: graph neighbours per movie
+    ef_search: int = 128  # hnsw: search depth (recall vs latency), stored in the index
     seed: int = 0  # seeds sampling and initialisation: same seed, same artifact
     threads: int = 0  # torch intra-op threads; 0 = all cores
 
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}")
-        for name in ("dim", "epochs", "partners", "negatives", "batch_size", "users_per_step"):
+        for name in ("dim", "epochs", "partners", "negatives", "batch_size", "users_per_step",
+                     "hnsw_m", "ef_search"):  # fmt: skip
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.min_count < 1 or self.window < 0 or self.lr <= 0 or self.subsample < 0:
             raise ValueError("min_count >= 1, window >= 0, lr > 0 and subsample >= 0 are required")
+        if self.index not in ("flat", "hnsw"):
+            raise ValueError(f"index must be flat or hnsw, got {self.index!r}")
         if not 0 < self.keep <= 1:
             raise ValueError(f"keep must be in (0, 1], got {self.keep}")
 

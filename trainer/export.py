@@ -6,11 +6,10 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import faiss
 import numpy as np
 import numpy.typing as npt
 
-from movierec.artifacts import write_artifacts
+from movierec.artifacts import build_index, write_artifacts
 from trainer.config import TrainConfig
 from trainer.corpus import Corpus
 from trainer.train import Embeddings
@@ -45,8 +44,7 @@ def export(
         indexed = vectors
         aggregation = {"method": "mean", "like_threshold": config.like_threshold,
                        "append_one": False}  # fmt: skip
-    index = faiss.IndexFlatIP(indexed.shape[1])
-    index.add(np.ascontiguousarray(indexed))
+    index = build_index(indexed, config.index, config.hnsw_m, config.ef_search)
     settings = {"source": source, "source_movies": corpus.rated_movies,
                 "train_seconds": round(embeddings.seconds, 2), **asdict(config)}  # fmt: skip
     return write_artifacts(out, movies=corpus.movies, vectors=vectors, index=index,
