@@ -45,7 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"movierec {args.command}: error: {e}", file=sys.stderr)
         return 1
     except Exception as e:
-        if type(e).__name__ == "DataError":  # trainer's, imported lazily
+        if type(e).__name__ in ("DataError", "DownloadError"):  # trainer's, imported lazily
             print(f"movierec {args.command}: error: {e}", file=sys.stderr)
             return 1
         import grpc
@@ -93,6 +93,15 @@ def _train(args: argparse.Namespace) -> int:
         f"{counts['users']} users, dim {manifest['dim']}, "
         f"trained in {manifest['settings']['train_seconds']:.1f}s"
     )
+    return 0
+
+
+def _download(args: argparse.Namespace) -> int:
+    from trainer.download import download
+
+    folder = download(args.release, args.dest, args.base_url, show_progress=not args.quiet)
+    print(f"{folder}: ready. Train on it with:\n"
+          f"  movierec train --data {folder} --out artifacts/{args.release}")  # fmt: skip
     return 0
 
 
@@ -427,6 +436,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help="with --split: where to write the artifacts")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     _add_train_options(p)
+
+    p = command("data", _download, "fetch MovieLens data: movierec data download RELEASE")
+    p.add_argument("action", choices=["download"])
+    p.add_argument("release", help="ml-latest-small, ml-100k, ml-1m or ml-25m")
+    p.add_argument("--dest", type=Path, default=Path("data"), help="where to unpack it")
+    p.add_argument(
+        "--base-url",
+        help="a mirror of files.grouplens.org/datasets/movielens (env MOVIEREC_DATA_URL)",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
 
     p = command("sample", _sample, "write the built-in sample dataset (MovieLens CSV layout)")
     p.add_argument("--out", type=Path, required=True)
