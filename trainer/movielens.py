@@ -4,6 +4,9 @@
     dat   ml-1m, ml-10m: ratings.dat + movies.dat, '::'-separated, latin-1
     100k  ml-100k: u.data (tab-separated) + u.item (pipe-separated, 19 genre flags), latin-1
 
+The Movies Dataset (ratings_small.csv + links_small.csv + movies_metadata.csv) is read by
+``trainer.movies_dataset``; ``load`` detects it too.
+
 Bad input raises DataError with one sentence naming the file and the line or column, never a
 traceback from inside pandas.
 """
@@ -54,7 +57,8 @@ def detect_layout(folder: Path) -> str:
     present = ", ".join(sorted(p.name for p in folder.iterdir())[:10]) or "nothing"
     raise DataError(
         f"{folder}: not a MovieLens folder: expected ratings.csv + movies.csv, "
-        f"ratings.dat + movies.dat, or u.data + u.item; found {present}"
+        f"ratings.dat + movies.dat, u.data + u.item, or The Movies Dataset's "
+        f"movies_metadata.csv; found {present}"
     )
 
 
@@ -62,6 +66,10 @@ def load(
     folder: Path | None = None, *, ratings: Path | None = None, movies: Path | None = None
 ) -> MovieLens:
     """Load a MovieLens folder, or explicit ratings/movies files (layout from their names)."""
+    from trainer.movies_dataset import is_movies_dataset, load_movies_dataset
+
+    if folder is not None and Path(folder).is_dir() and is_movies_dataset(folder):
+        return load_movies_dataset(folder)
     if folder is not None:
         layout = detect_layout(folder)
         ratings_path, movies_path = (Path(folder) / f for f in _FILES[layout])
