@@ -83,6 +83,12 @@ class Recommender:
         self._like_threshold = float(aggregation.get("like_threshold", -np.inf))
         # The index may carry one extra dimension (a bias); the query then ends in a 1.
         self._append_one = bool(aggregation.get("append_one", False))
+        self._als = aggregation.get("method") == "als"
+        if self._als:  # least-squares fold-in: (Y'Y + reg I + sum (c-1) y y')^-1 sum c y
+            y = self._vectors.astype(np.float64)
+            self._regularized_gram = y.T @ y + aggregation["regularization"] * np.eye(y.shape[1])
+            self._alpha = float(aggregation["alpha"])
+            self._inline_stars = float(aggregation["inline_stars"])
         hnsw = getattr(faiss.downcast_index(self._index), "hnsw", None)
         self._ef_search: int | None = int(hnsw.efSearch) if hnsw is not None else None
         self._order = np.argsort(artifacts.movie_ids)  # row_of via binary search, vectorised
@@ -110,9 +116,10 @@ class Recommender:
             raise NotFoundError(f"user {user_id} is not known to this model")
         rows, ratings = found
         liked = ratings >= self._like_threshold
-        used = rows[liked] if liked.any() else rows
-        ids, scores = self._search(self._aggregate(used), k, None if include_watched else rows)
-        return Recommendations(self._results(ids, scores, used, explain), [])
+        used, stars = (rows[liked], ratings[liked]) if liked.any() else (rows, ratings)
+        query = self._aggregate(used, stars)
+        ids, scores = self._search(query, k, None if include_watched else rows)
+        return Recommendations(self._results(ids, scores, used, stars, explain), [])
 
     def recommend_for_movies(
         self, movie_ids: Sequence[int], k: int, include_watched: bool = False, explain: int = 0
@@ -130,7 +137,7 @@ class Recommender:
             shown = ", ".join(map(str, ignored[:10])) + (", ..." if len(ignored) > 10 else "")
             raise NotFoundError(f"none of the movie_ids is in the catalogue: {shown}")
         ids, scores = self._search(self._aggregate(rows), k, None if include_watched else rows)
-        return Recommendations(self._results(ids, scores, rows, explain), ignored)
+        return Recommendations(self._results(ids, scores, rows, None, explain), ignored)
 
     def similar(self, movie_id: int, k: int) -> list[Scored]:
         """The k movies nearest to one movie, itself excluded."""
@@ -138,7 +145,7 @@ class Recommender:
         rows, _ = self._rows_of([movie_id])
         if not len(rows):
             raise NotFoundError(f"movie {movie_id} is not in the catalogue")
-        return self._results(*self._search(self._aggregate(rows), k, rows), rows, 0)
+        return self._results(*self._search(self._aggregate(rows), k, rows), rows, None, 0)
 
     def _rows_of(self, movie_ids: Sequence[int]) -> tuple[npt.NDArray[np.int64], list[int]]:
         ids = _sorted_unique(np.asarray(movie_ids, dtype=np.int64))
@@ -146,15 +153,41 @@ class Recommender:
         known = self._sorted_ids[pos] == ids
         return self._order[pos[known]], ids[~known].tolist()
 
-    def _aggregate(self, rows: npt.NDArray[np.integer]) -> npt.NDArray[np.float32]:
-        """Element-wise mean of the rows' vectors, re-normalised to unit length (then a 1
-        appended when the index carries a bias dimension)."""
+    def _aggregate(
+        self, rows: npt.NDArray[np.integer], stars: npt.NDArray[np.float32] | None = None
+    ) -> npt.NDArray[np.float32]:
+        """The query for a history: the element-wise mean of the rows' vectors re-normalised to
+        unit length (then a 1 appended when the index carries a bias dimension); for ALS its
+        least-squares fold-in, each movie weighted by its stars (``inline_stars`` if none)."""
+        if self._als:
+            system, y, c = self._fold_in_system(rows, stars)
+            return np.linalg.solve(system, y.T @ c).astype(np.float32).reshape(1, -1)
         mean = np.take(self._vectors, rows, axis=0).mean(axis=0, dtype=np.float32)
         mean /= max(float(np.linalg.norm(mean)), 1e-12)
         query: npt.NDArray[np.float32] = (
             np.append(mean, np.float32(1.0)) if self._append_one else mean
         )
         return query.reshape(1, -1)
+
+    def _parts(
+        self, rows: npt.NDArray[np.integer], stars: npt.NDArray[np.float32] | None
+    ) -> npt.NDArray[np.float64]:
+        """One vector per watched movie, summing to the query (without its bias 1): the
+        query is linear in the history, so each score splits exactly into their shares."""
+        if self._als:
+            system, y, c = self._fold_in_system(rows, stars)
+            return np.linalg.solve(system, y.T).T * c[:, None]
+        vectors = np.take(self._vectors, rows, axis=0).astype(np.float64)
+        norm = max(float(np.linalg.norm(vectors.mean(axis=0))), 1e-12)
+        return vectors / (len(rows) * norm)
+
+    def _fold_in_system(
+        self, rows: npt.NDArray[np.integer], stars: npt.NDArray[np.float32] | None
+    ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+        y = np.take(self._vectors, rows, axis=0).astype(np.float64)
+        stars_ = np.full(len(rows), self._inline_stars) if stars is None else stars
+        c = self._alpha * np.asarray(stars_, dtype=np.float64)
+        return self._regularized_gram + (y.T * (c - 1)) @ y, y, c
 
     def _search(
         self, query: npt.NDArray[np.float32], k: int, exclude: npt.NDArray[np.integer] | None
@@ -197,27 +230,30 @@ class Recommender:
         ids: npt.NDArray[np.int64],
         scores: npt.NDArray[np.float32],
         watched: npt.NDArray[np.integer],
+        stars: npt.NDArray[np.float32] | None,
         explain: int,
     ) -> list[Scored]:
-        why: list[Explanation | None]
-        why = list(self._explain(ids, watched, explain)) if explain else [None] * len(ids)
+        why: list[Explanation | None] = [None] * len(ids)
+        if explain:
+            why = list(self._explain(ids, watched, stars, explain))
         return [
             Scored(self._movies[i], s, w)
             for i, s, w in zip(ids.tolist(), scores.tolist(), why, strict=True)
         ]
 
     def _explain(
-        self, ids: npt.NDArray[np.int64], watched: npt.NDArray[np.integer], top: int
+        self,
+        ids: npt.NDArray[np.int64],
+        watched: npt.NDArray[np.integer],
+        stars: npt.NDArray[np.float32] | None,
+        top: int,
     ) -> list[Explanation]:
-        """Split each score into one share per watched movie: the query is mean/|mean|, so
-        movie j's score is sum_i target_j . v_i / (n |mean|) plus j's bias, if any."""
-        vectors = np.take(self._vectors, watched, axis=0)
-        mean = vectors.mean(axis=0, dtype=np.float32)
+        """Split each score into one share per watched movie plus the movie's bias."""
+        parts = self._parts(watched, stars)
         targets = self._index.reconstruct_batch(ids)
-        d = vectors.shape[1]
+        d = parts.shape[1]
         bias = targets[:, d] if self._append_one else np.zeros(len(ids), np.float32)
-        scale = len(watched) * max(float(np.linalg.norm(mean)), 1e-12)
-        shares = (targets[:, :d] @ vectors.T) / scale  # (recommended, watched)
+        shares = targets[:, :d] @ parts.T  # (recommended, watched)
         order = np.argsort(-shares, axis=1, kind="stable")[:, :top]
         out = []
         for j, row in enumerate(shares):

@@ -32,8 +32,9 @@ def genre_agreement(rec: Recommender, sample, users: int = 150) -> float:
         TrainConfig(objective="sgns", dim=32, epochs=5),
         TrainConfig(objective="softmax", dim=32, epochs=2),
         TrainConfig(objective="sgns", dim=32, epochs=5, lr=0.02, window=5, subsample=1e-3),
+        TrainConfig(objective="als", dim=16, epochs=10),
     ],
-    ids=["cbow", "sgns", "softmax", "sgns-window-subsample"],
+    ids=["cbow", "sgns", "softmax", "sgns-window-subsample", "als"],
 )
 def test_objectives_learn_the_sample(
     config: TrainConfig, sample, sample_dir: Path, tmp_path: Path
@@ -54,8 +55,8 @@ def test_same_seed_same_model(sample_dir: Path) -> None:
 
 
 def test_bad_settings_are_refused() -> None:
-    with pytest.raises(ValueError, match="objective must be one of cbow, sgns, softmax"):
-        TrainConfig(objective="als")
+    with pytest.raises(ValueError, match="objective must be one of cbow, sgns, softmax, als"):
+        TrainConfig(objective="bpr")
     with pytest.raises(ValueError, match="dim must be at least 1"):
         TrainConfig(dim=0)
     with pytest.raises(ValueError, match="keep must be in"):
@@ -100,3 +101,33 @@ def test_hnsw_export_round_trips(sample_dir: Path, tmp_path: Path) -> None:
     assert len(rec.recommend(int(rec.artifacts.histories.user_ids[0]), 10).items) == 10
     with pytest.raises(ValueError, match="index must be flat or hnsw"):
         TrainConfig(index="ivf")
+
+
+def test_als_fold_in_is_implicits_least_squares(sample_dir: Path, tmp_path: Path) -> None:
+    from implicit.cpu.als import AlternatingLeastSquares
+    from scipy.sparse import csr_matrix
+    from threadpoolctl import threadpool_limits
+
+    config = TrainConfig(objective="als", dim=12, epochs=5, regularization=0.1, alpha=2.0)
+    run_training(tmp_path / "a", config, data=sample_dir, show_progress=False)
+    rec = Recommender(read_artifacts(tmp_path / "a"))
+    assert rec.artifacts.aggregation["method"] == "als"
+    with threadpool_limits(1, "blas"):
+        reference = AlternatingLeastSquares(factors=12, regularization=0.1, alpha=2.0)
+    reference.item_factors = rec.artifacts.vectors.copy()  # implicit wants it writable
+    n = rec.num_movies
+    for user in rec.artifacts.histories.user_ids[:5].tolist():
+        rows, stars = rec.artifacts.histories.lookup(user)
+        liked = stars >= config.like_threshold
+        row = csr_matrix((stars[liked], ([0] * int(liked.sum()), rows[liked])), shape=(1, n))
+        want = reference.recalculate_user(0, row)
+        got = rec._aggregate(rows[liked], stars[liked])[0]
+        np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-4)
+        items = rec.recommend(user, 5, explain=100).items
+        scores = rec.artifacts.vectors[[rec._rows_of([s.movie.movie_id])[0][0] for s in items]]
+        np.testing.assert_allclose([s.score for s in items], scores @ want, rtol=1e-3, atol=1e-4)
+        for item in items:  # the fold-in is linear in the history: shares add up exactly
+            why = item.explanation
+            assert why is not None and why.bias == 0
+            total = sum(c.share for c in why.top) + why.rest
+            assert total == pytest.approx(item.score, rel=1e-3, abs=1e-4)

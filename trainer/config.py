@@ -10,12 +10,12 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-OBJECTIVES = ("cbow", "sgns", "softmax")
+OBJECTIVES = ("cbow", "sgns", "softmax", "als")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    objective: str = "cbow"  # "cbow" (whole baskets), "sgns" (item2vec pairs), "softmax" (pairs)
+    objective: str = "cbow"  # "cbow" (baskets), "sgns"/"softmax" (pairs), "als" (implicit ALS)
     dim: int = 256  # embedding size (the notebook's hidden layer)
     epochs: int = 30  # passes over the users (cbow) or the re-sampled pairs
     keep: float = 0.6  # cbow: share of a user's liked movies drawn as context per step
@@ -29,6 +29,8 @@ class TrainConfig:
     ns_exponent: float = 0.75  # sgns: negatives ~ count^ns_exponent (0 uniform, 1 unigram)
     subsample: float = 0.0  # word2vec subsampling of frequent movies (e.g. 1e-3); 0 = off
     lr: float = 0.005  # Adam learning rate
+    regularization: float = 0.01  # als: L2 regularisation of the factors
+    alpha: float = 1.0  # als: confidence per star of a liked rating
     batch_size: int = 4096  # sgns: pairs per step; softmax: 1/16 of it as movies per step
     index: str = "flat"  # "flat": exact search; "hnsw": approximate graph, for ~1M movies
     hnsw_m: int = 32  # hnsw: graph neighbours per movie

@@ -25,18 +25,26 @@ def export(
 ) -> dict[str, Any]:
     """Write the artifact directory for the trained model.
 
-    A user's query is always the re-normalised mean of their liked movies' rows of
-    ``vectors.npy`` (all rated ones if none is liked); what the index holds depends on the
-    objective:
+    For the embedding models a user's query is the re-normalised mean of their liked movies'
+    rows of ``vectors.npy`` (all rated ones if none is liked); what the index holds depends on
+    the objective:
 
     * cbow: the output vectors with the output bias as one extra dimension, and the query
       gets a constant 1 appended, so inner-product search ranks by exactly the trained
       score <query, out_j> + bias_j (a popularity prior included).
     * sgns, softmax: the L2-normalised input vectors themselves, so similarities are cosines
       (the notebook's recipe).
+    * als: the raw item factors, in ``vectors.npy`` and the index; the query is ALS's
+      least-squares fold-in of the history, not a mean (aggregation "als").
     """
     vectors = normalize_rows(embeddings.inp)
-    if config.objective == "cbow":
+    if config.objective == "als":
+        # Raw item factors: the server folds a user in by least squares over them.
+        vectors = indexed = embeddings.inp
+        aggregation = {"method": "als", "like_threshold": config.like_threshold,
+                       "regularization": config.regularization, "alpha": config.alpha,
+                       "inline_stars": 4.0}  # fmt: skip
+    elif config.objective == "cbow":
         indexed = np.hstack([embeddings.out, embeddings.bias[:, None]]).astype(np.float32)
         aggregation = {"method": "mean", "like_threshold": config.like_threshold,
                        "append_one": True}  # fmt: skip

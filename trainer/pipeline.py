@@ -27,6 +27,11 @@ def run_training(
     returns the manifest. ``checkpoint``/``resume``: see ``trainer.train.train``."""
     dataset = movielens.load(data, ratings=ratings, movies=movies)
     corpus = build_corpus(dataset, config.like_threshold, config.min_count)
-    embeddings = train(corpus, config, show_progress, checkpoint, resume)
+    if config.objective == "als":
+        from trainer.als import train_als
+
+        embeddings = train_als(corpus, config, show_progress)
+    else:
+        embeddings = train(corpus, config, show_progress, checkpoint, resume)
     source = str(data if data is not None else ratings)
     return export(Path(out), corpus, embeddings, config, source=source)
