@@ -186,30 +186,33 @@ async def _burst(port: int, requests: list[pb.RecommendRequest], timeout: float)
         return list(await asyncio.gather(*(one(r) for r in requests)))
 
 
+def heavy_request(recommender: Recommender) -> pb.RecommendRequest:
+    """The slowest call the limits allow: a full inline history, k 50, explained."""
+    ids = recommender.artifacts.movie_ids.tolist()
+    return pb.RecommendRequest(movie_ids=(ids * MAX_HISTORY)[:MAX_HISTORY], k=50, explain=5)
+
+
 def test_a_burst_past_max_inflight_is_shed_at_once(
     loop_thread: LoopThread, recommender: Recommender
 ) -> None:
-    ids = recommender.artifacts.movie_ids.tolist()
-    heavy = pb.RecommendRequest(movie_ids=(ids * MAX_HISTORY)[:MAX_HISTORY], k=50, explain=5)
     options = ServerOptions(max_inflight=3, workers=1)
     with server(loop_thread, recommender, options) as running:
-        codes = asyncio.run(_burst(running.port, [heavy] * 60, timeout=30))
+        codes = asyncio.run(_burst(running.port, [heavy_request(recommender)] * 60, timeout=30))
         assert set(codes) <= {"OK", "RESOURCE_EXHAUSTED"}, codes
         assert codes.count("RESOURCE_EXHAUSTED") > 0 and codes.count("OK") >= 3
         with RecommenderClient(f"127.0.0.1:{running.port}") as c:  # and it recovers
             assert c.health() == "SERVING"
-            assert len(c.recommend_for_movies(ids[:3], 5).recommendations) == 5
+            movies = recommender.artifacts.movie_ids[:3].tolist()
+            assert len(c.recommend_for_movies(movies, 5).recommendations) == 5
         assert running.metrics.registry.get_sample_value("movierec_inflight_requests") == 0
 
 
 def test_expired_deadlines_are_not_worked_on(
     loop_thread: LoopThread, recommender: Recommender
 ) -> None:
-    ids = recommender.artifacts.movie_ids.tolist()
-    heavy = pb.RecommendRequest(movie_ids=(ids * MAX_HISTORY)[:MAX_HISTORY], k=50, explain=5)
     options = ServerOptions(max_inflight=1000, workers=1)
     with server(loop_thread, recommender, options) as running:
-        codes = asyncio.run(_burst(running.port, [heavy] * 80, timeout=0.02))
+        codes = asyncio.run(_burst(running.port, [heavy_request(recommender)] * 80, timeout=0.02))
         assert set(codes) <= {"OK", "DEADLINE_EXCEEDED"}, codes
         assert codes.count("DEADLINE_EXCEEDED") > 0
         worked = running.metrics.registry.get_sample_value(
@@ -334,11 +337,8 @@ def test_health_answers_while_every_worker_is_busy(
 ) -> None:
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    ids = recommender.artifacts.movie_ids.tolist()
-    heavy = pb.RecommendRequest(movie_ids=(ids * MAX_HISTORY)[:MAX_HISTORY], k=50, explain=5)
-
     async def probe_during_burst(port: int) -> tuple[list[float], bool]:
-        burst = asyncio.ensure_future(_burst(port, [heavy] * 100, timeout=60))
+        burst = asyncio.ensure_future(_burst(port, [heavy_request(recommender)] * 100, timeout=60))
         await asyncio.sleep(0.05)
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
             stub = health_pb2_grpc.HealthStub(channel)
