@@ -34,7 +34,9 @@ def parse(text: str) -> dict[str, object]:
     out: dict[str, object] = {}
     for item in filter(None, text.split(",")):
         key, value = item.split("=")
-        out[key] = types[key](value)
+        out[key] = (
+            value.lower() in ("1", "true", "yes") if types[key] is bool else types[key](value)
+        )
     return out
 
 

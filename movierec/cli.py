@@ -336,9 +336,12 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
 
     group = p.add_argument_group("model settings (stored in the manifest)")
     for name, kind, default, help_text in options():
-        group.add_argument(
-            f"--{name.replace('_', '-')}", dest=name, type=kind, default=default, help=help_text
-        )
+        flag = f"--{name.replace('_', '-')}"
+        if kind is bool:
+            group.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction,
+                               default=default, help=help_text)  # fmt: skip
+        else:
+            group.add_argument(flag, dest=name, type=kind, default=default, help=help_text)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 

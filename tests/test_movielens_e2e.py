@@ -34,6 +34,6 @@ def test_default_model_beats_popularity_on_recall_at_20(results) -> None:
 def test_default_model_beats_ease(results) -> None:
     scores = results
     model = scores["model"]
-    assert model.ndcg_10 >= 0.313, model  # EASE, the best anchor
-    assert model.recall_20 >= 0.347, model
+    assert model.ndcg_10 >= 0.32, model  # above EASE (0.313), the best anchor
+    assert model.recall_20 >= 0.35, model
     assert model.coverage_10 >= 0.075, model  # as much of the catalogue as ALS shows, 2x EASE

@@ -131,3 +131,29 @@ def test_als_fold_in_is_implicits_least_squares(sample_dir: Path, tmp_path: Path
             assert why is not None and why.bias == 0
             total = sum(c.share for c in why.top) + why.rest
             assert total == pytest.approx(item.score, rel=1e-3, abs=1e-4)
+
+
+def test_side_information_gives_unrated_movies_sensible_vectors(sample, tmp_path: Path) -> None:
+    import dataclasses
+
+    cold = {mid for mid, _, _ in sample.movies[::20]}
+    rated = sample.ratings[~np.isin(sample.ratings["movie_id"], list(cold))]
+    folder = dataclasses.replace(sample, ratings=rated).write(tmp_path / "data")
+    config = TrainConfig(epochs=4, min_count=0)  # every catalogued movie gets a row
+    run_training(tmp_path / "a", config, data=folder, show_progress=False)
+    rec = Recommender(read_artifacts(tmp_path / "a"))
+    genres = {mid: set(g) for mid, _, g in sample.movies}
+    assert cold <= set(rec.artifacts.movie_ids.tolist())
+    agree = [
+        np.mean([bool(genres[m] & set(s.movie.genres)) for s in rec.similar(m, 10)])
+        for m in sorted(cold)
+    ]
+    assert np.mean(agree) > 0.7, np.mean(agree)  # random neighbours agree ~0.25
+    ranks = []  # a fan of a cold movie's genre gets it ranked above most other movies
+    for m in sorted(cold):
+        fans = [i for i, _, g in sample.movies if set(g) == genres[m] and i not in cold][:10]
+        if len(fans) < 3:
+            continue
+        ranked = [s.movie.movie_id for s in rec.recommend_for_movies(fans, 1000).items]
+        ranks.append(ranked.index(m) / len(ranked))
+    assert ranks and np.median(ranks) < 0.25, ranks

@@ -24,7 +24,8 @@ class TrainConfig:
     partners: int = 10  # partners drawn per liked movie per epoch, instead of all n^2 pairs
     window: int = 0  # 0: partners from the whole history; k: within k of it in time order
     like_threshold: float = 3.5  # ratings >= this are "watched and liked" (pairs and queries)
-    min_count: int = 3  # movies with fewer liked ratings get no row in the catalogue
+    min_count: int = 3  # movies with fewer liked ratings get no row (0, with side_info: all)
+    side_info: bool = True  # cbow: genres and decade feed each movie's vectors (cold start)
     negatives: int = 10  # sgns: negative movies per pair
     ns_exponent: float = 0.75  # sgns: negatives ~ count^ns_exponent (0 uniform, 1 unigram)
     subsample: float = 0.0  # word2vec subsampling of frequent movies (e.g. 1e-3); 0 = off
@@ -45,8 +46,10 @@ class TrainConfig:
                      "hnsw_m", "ef_search"):  # fmt: skip
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.min_count < 1 or self.window < 0 or self.lr <= 0 or self.subsample < 0:
-            raise ValueError("min_count >= 1, window >= 0, lr > 0 and subsample >= 0 are required")
+        if self.min_count < 0 or self.window < 0 or self.lr <= 0 or self.subsample < 0:
+            raise ValueError("min_count >= 0, window >= 0, lr > 0 and subsample >= 0 are required")
+        if self.min_count == 0 and not (self.side_info and self.objective == "cbow"):
+            raise ValueError("min_count 0 (unrated movies too) needs cbow with side_info")
         if self.index not in ("flat", "hnsw"):
             raise ValueError(f"index must be flat or hnsw, got {self.index!r}")
         if not 0 < self.keep <= 1:

@@ -7,11 +7,22 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 import pandas as pd
 
 from movierec.artifacts import Histories, Movie
 from trainer.movielens import DataError, MovieLens
 from trainer.pairs import Baskets
+
+
+@dataclass(frozen=True)
+class Features:
+    """Side information per catalogue row in CSR form: row i has features
+    ``indices[indptr[i]:indptr[i + 1]]`` (its genres, then its release decade)."""
+
+    indptr: npt.NDArray[np.int64]
+    indices: npt.NDArray[np.int64]
+    names: list[str]  # feature index -> "genre:Drama", "decade:1990"
 
 
 @dataclass(frozen=True)
@@ -21,14 +32,30 @@ class Corpus:
     histories: Histories  # every rating of a catalogue movie, per user, time-ordered
     rated_movies: int  # distinct movies in the source ratings (Coverage@10's denominator)
 
+    @property
+    def features(self) -> Features:
+        names: dict[str, int] = {}
+        rows = [
+            [names.setdefault(f"genre:{g}", len(names)) for g in m.genres]
+            + ([names.setdefault(f"decade:{m.year // 10 * 10}", len(names))] if m.year else [])
+            for m in self.movies
+        ]
+        indptr = np.cumsum([0, *map(len, rows)], dtype=np.int64)
+        indices = np.fromiter((i for r in rows for i in r), np.int64, int(indptr[-1]))
+        return Features(indptr, indices, list(names))
+
 
 def build_corpus(data: MovieLens, like_threshold: float, min_count: int) -> Corpus:
-    """Keep movies with at least ``min_count`` liked ratings; a movie nobody liked has no
-    co-watch signal and would only add noise to the index."""
+    """Keep movies with at least ``min_count`` liked ratings (a movie nobody liked has no
+    co-watch signal and would only add noise to the index); 0 keeps every catalogued movie,
+    for models whose side information gives unrated movies a vector."""
     ratings = data.ratings.sort_values(["user_id", "timestamp", "movie_id"], kind="stable")
     liked = ratings["rating"].to_numpy() >= like_threshold
     counts = ratings.loc[liked, "movie_id"].value_counts()
-    keep_ids = np.sort(counts.index[counts >= min_count].to_numpy())
+    if min_count == 0:
+        keep_ids = np.sort(np.array([m.movie_id for m in data.movies], dtype=np.int64))
+    else:
+        keep_ids = np.sort(counts.index[counts >= min_count].to_numpy())
     if len(keep_ids) < 2:
         raise DataError(
             f"only {len(keep_ids)} movie(s) have {min_count}+ ratings >= {like_threshold}; "

@@ -27,7 +27,16 @@ from torch import nn
 
 
 class ItemEmbeddings(nn.Module):
-    def __init__(self, num_items: int, dim: int, sparse: bool) -> None:
+    def __init__(
+        self,
+        num_items: int,
+        dim: int,
+        sparse: bool,
+        features: tuple[torch.Tensor, torch.Tensor, int] | None = None,
+    ) -> None:
+        """``features`` (CSR offsets, indices, vocabulary size): side information whose
+        embeddings are averaged into every movie's input and output vector, so a movie with
+        few or no ratings still gets one from its genres and decade."""
         super().__init__()
         self.inp = nn.Embedding(num_items, dim, sparse=sparse)
         self.out = nn.Embedding(num_items, dim, sparse=sparse)
@@ -35,6 +44,26 @@ class ItemEmbeddings(nn.Module):
         nn.init.normal_(self.inp.weight, std=0.01)
         nn.init.normal_(self.out.weight, std=0.01)
         nn.init.zeros_(self.bias.weight)
+        self.features: tuple[torch.Tensor, torch.Tensor] | None = None
+        if features is not None:
+            offsets, indices, vocabulary = features
+            self.features = (offsets[:-1], indices)
+            self.feature_inp = nn.EmbeddingBag(vocabulary, dim, mode="mean")
+            self.feature_out = nn.EmbeddingBag(vocabulary, dim, mode="mean")
+            self.feature_bias = nn.EmbeddingBag(vocabulary, 1, mode="mean")
+            for bag in (self.feature_inp, self.feature_out):
+                nn.init.normal_(bag.weight, std=0.01)
+            nn.init.zeros_(self.feature_bias.weight)
+
+    def item_tables(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(input vectors, output vectors, biases) of every movie, side information added."""
+        inp, out, bias = self.inp.weight, self.out.weight, self.bias.weight[:, 0]
+        if self.features is not None:
+            offsets, indices = self.features
+            inp = inp + self.feature_inp(indices, offsets)
+            out = out + self.feature_out(indices, offsets)
+            bias = bias + self.feature_bias(indices, offsets)[:, 0]
+        return inp, out, bias
 
     def cbow_loss(
         self,
@@ -47,10 +76,9 @@ class ItemEmbeddings(nn.Module):
     ) -> torch.Tensor:
         """Weighted mean cross-entropy of every target given its user's context (users
         0..num_users-1)."""
-        h = torch.zeros(num_users, self.inp.embedding_dim).index_add_(
-            0, context_user, self.inp(context)
-        )
-        logits = F.normalize(h, dim=1) @ self.out.weight.T + self.bias.weight.T
+        inp, out, bias = self.item_tables()
+        h = torch.zeros(num_users, inp.shape[1]).index_add_(0, context_user, inp[context])
+        logits = F.normalize(h, dim=1) @ out.T + bias
         nll = -F.log_softmax(logits, dim=1)[target_user, targets]
         return (nll * target_weight).sum() / target_weight.sum()
 

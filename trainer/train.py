@@ -54,7 +54,11 @@ def train(
     rng = np.random.default_rng(config.seed)
     n = len(corpus.movies)
     counts = corpus.baskets.item_counts(n)
-    model = ItemEmbeddings(n, config.dim, sparse=config.objective == "sgns")
+    features = None
+    if config.side_info and config.objective == "cbow":
+        f = corpus.features
+        features = (torch.from_numpy(f.indptr), torch.from_numpy(f.indices), len(f.names))
+    model = ItemEmbeddings(n, config.dim, sparse=config.objective == "sgns", features=features)
     optimizer: torch.optim.Optimizer
     if config.objective == "sgns":  # sparse rows: only the movies in a batch are updated
         optimizer = torch.optim.SparseAdam(model.parameters(), config.lr)
@@ -86,12 +90,8 @@ def train(
                 _save(checkpoint, config, model, optimizer, rng, epoch + 1)
     seconds = time.perf_counter() - start
     log.info("trained in %.1fs, final loss %.4f", seconds, total / max(seen, 1))
-    return Embeddings(
-        inp=model.inp.weight.detach().numpy().copy(),
-        out=model.out.weight.detach().numpy().copy(),
-        bias=model.bias.weight.detach().numpy()[:, 0].copy(),
-        seconds=seconds,
-    )
+    inp, out, bias = (t.detach().numpy().copy() for t in model.item_tables())
+    return Embeddings(inp=inp, out=out, bias=bias, seconds=seconds)
 
 
 Steps = Iterator[tuple[float, int]]  # (mean loss, units done) per optimiser step
