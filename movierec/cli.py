@@ -11,7 +11,6 @@ querying never load torch or pandas.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import dataclasses
 import json
 import logging
@@ -171,7 +170,8 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from server.app import RunningServer, ServerOptions, serve
+    from server.app import ServerOptions
+    from server.processes import run
     from server.security import SecurityConfigError, Tokens
 
     tls = (args.tls_cert, args.tls_key)
@@ -194,10 +194,11 @@ def _serve(args: argparse.Namespace) -> int:
     host = "localhost" if args.host in ("127.0.0.1", "::1") else args.host
     flags = " --tls-ca CA.pem" * bool(args.tls_cert) + " --token TOKEN" * tokens.enabled
 
-    def ready(running: RunningServer) -> None:
-        target = f"{host}:{running.port}"
+    def ready(port: int, metrics_port: int | None) -> None:
+        target = f"{host}:{port}"
+        processes = f" in {args.processes} processes" if args.processes > 1 else ""
         print(
-            f"movierec is serving {args.artifacts} on {args.host}:{running.port}"
+            f"movierec is serving {args.artifacts} on {args.host}:{port}{processes}"
             f"{' (TLS)' if args.tls_cert else ''}"
             f"{', bearer tokens required' if tokens.enabled else ''}. Try:\n"
             f"  movierec recommend --target {target}{flags} --user 1 -k 10\n"
@@ -208,20 +209,17 @@ def _serve(args: argparse.Namespace) -> int:
                 if not args.tls_cert and not tokens.enabled
                 else ""
             )
-            + (
-                f"  curl -s localhost:{running.metrics_port}/metrics\n"
-                if running.metrics_port
-                else ""
-            )  # fmt: skip
+            + (f"  curl -s localhost:{metrics_port}/metrics\n" if metrics_port else "")
             + "Reload the model with SIGHUP; stop with Ctrl-C.",
             flush=True,
         )
 
+    if args.processes < 1:
+        raise UsageError("--processes must be at least 1")
     try:
-        asyncio.run(serve(Path(args.artifacts), options, args.grace, args.drain, on_ready=ready))
+        return run(Path(args.artifacts), options, args.processes, args.grace, args.drain, ready)
     except SecurityConfigError as e:
         raise UsageError(str(e)) from None
-    return 0
 
 
 def _recommend(args: argparse.Namespace) -> int:
@@ -374,6 +372,12 @@ def _add_serve_options(p: argparse.ArgumentParser) -> None:
         type=int,
         default=int(os.environ.get("MOVIEREC_MAX_INFLIGHT", "64")),
         help="calls in progress before new ones get RESOURCE_EXHAUSTED (env MOVIEREC_MAX_INFLIGHT)",
+    )
+    p.add_argument(
+        "--processes",
+        type=int,
+        default=int(os.environ.get("MOVIEREC_PROCESSES", "1")),
+        help="server processes sharing the port and the loaded model (env MOVIEREC_PROCESSES)",
     )
     p.add_argument(
         "--workers",

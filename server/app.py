@@ -1,6 +1,7 @@
 """Build the gRPC server in one function, run it in another.
 
-``build_server`` is what the CLI, the tests and the benchmarks call; ``serve`` adds signals:
+``build_server`` is what the tests and the benchmarks call; ``serve`` adds signals (and
+``server.processes`` runs it in one or several processes):
 SIGHUP reloads the model from the artifact directory; SIGTERM/SIGINT flip health to
 NOT_SERVING, wait a drain delay (load balancers drop the endpoint at the moment SIGTERM
 arrives), then stop taking calls and let in-flight calls finish within the grace period.
@@ -46,6 +47,7 @@ class ServerOptions:
     tls_key: Path | None = None
     tls_client_ca: Path | None = None  # also require client certificates signed by this CA
     metrics_port: int | None = None  # serve Prometheus /metrics on this port (0: any free)
+    reuse_port: bool = False  # let several processes listen on the same port
 
 
 @dataclass
@@ -109,7 +111,8 @@ async def build_server(
         interceptors=[CallGuard(metrics, options.tokens, options.max_inflight)],
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.so_reuseport", 0),  # a port clash is an error, not a silently shared port
+            # One process: a port clash is an error, not a silently shared port.
+            ("grpc.so_reuseport", int(options.reuse_port)),
         ],
     )
     server.add_generic_rpc_handlers(tuple(handlers))
@@ -144,18 +147,18 @@ async def build_server(
 
 
 async def serve(
+    recommender: Recommender,
     artifacts: Path,
     options: ServerOptions,
+    load_seconds: float,
     grace: float = 10.0,
     drain: float = 0.0,
-    on_ready: Callable[[RunningServer], None] | None = None,
+    on_ready: Callable[[int, int | None], None] | None = None,
 ) -> None:
-    """Load, serve until SIGTERM or SIGINT, then shut down in order and return. SIGHUP
-    reloads the model."""
-    start = time.perf_counter()
-    recommender = load_recommender(artifacts)
+    """Serve a loaded model until SIGTERM or SIGINT, then shut down in order and return.
+    SIGHUP reloads the model from ``artifacts``. ``on_ready(port, metrics_port)``."""
     running = await build_server(recommender, options, artifacts=artifacts)
-    running.metrics.model_loaded(recommender.model_version, time.perf_counter() - start)
+    running.metrics.model_loaded(recommender.model_version, load_seconds)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -174,7 +177,7 @@ async def serve(
         f", metrics on port {running.metrics_port}" if running.metrics_port else "",
     )  # fmt: skip
     if on_ready:
-        on_ready(running)
+        on_ready(running.port, running.metrics_port)
     await stop.wait()
     log.info("shutting down: NOT_SERVING, draining %.1fs, then %.1fs grace", drain, grace)
     await running.health.enter_graceful_shutdown()

@@ -164,6 +164,36 @@ def test_sigterm_drains_with_calls_in_flight(artifacts_dir: Path, recommender) -
     assert any(r["logger"] == "movierec.access" and r["code"] == "OK" for r in records)
 
 
+def test_several_processes_share_one_port(artifacts_dir: Path, recommender) -> None:
+    port = free_port()
+    proc = start_server(artifacts_dir, port, "--processes", "2")
+    try:
+        children = [
+            int(p.name) for p in Path("/proc").iterdir()
+            if p.name.isdigit() and _ppid(p) == proc.pid
+        ]  # fmt: skip
+        assert len(children) == 2
+        user = str(int(recommender.artifacts.histories.user_ids[0]))
+        for _ in range(6):  # each call is a new connection; the kernel spreads them
+            out = run("movierec", "recommend", "--target", f"127.0.0.1:{port}", "--user", user)
+            assert out.returncode == 0, out.stderr
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+        assert proc.stdout is not None
+        log = proc.stdout.read()
+        proc.stdout.close()
+    assert log.count("server.app: stopped") == 2
+    assert not any(Path(f"/proc/{pid}").exists() for pid in children)
+
+
+def _ppid(proc_dir: Path) -> int | None:
+    try:
+        return int((proc_dir / "stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def test_sighup_and_reload_command_swap_the_model(
     artifacts_dir: Path, sample_dir: Path, tmp_path: Path, recommender
 ) -> None:
