@@ -1,39 +1,41 @@
-"""Recommend over gRPC on loopback vs a bare Echo served by the same server, same run.
+"""Recommend over gRPC on loopback vs the transport floor of the same server, same run.
 
-    python benchmarks/bench_grpc.py --artifacts artifacts/mls      # a trained model
-    python benchmarks/bench_grpc.py --synthetic 62423              # random 64-d catalogue
+    python benchmarks/bench_grpc.py --synthetic 62423                # random 64-d catalogue
+    python benchmarks/bench_grpc.py --artifacts artifacts/mls --processes 2
 
-The server (this process) registers a bytes-in/bytes-out Echo beside RecommenderService; a
-load generator in a separate process (grpc.aio, one channel per 4 in-flight calls) runs a
-bounded number of calls at concurrency 1, 8 and 32, alternating Echo and Recommend phases.
-Prints QPS, p50 and p99 per phase and Recommend's ratio to Echo.
+Starts ``movierec serve`` (one or ``--processes`` processes) on a free loopback port, then
+runs a bounded number of calls from this process (grpc.aio, one channel per 4 in-flight
+calls) at concurrency 1, 8 and 32, alternating two phases: ``grpc.health.v1.Health/Check``
+(a trivial unary call through the same server, interceptor included: the floor) and
+Recommend with an inline history. Prints QPS, p50 and p99 per phase, Recommend's ratios to
+the floor, and the server's memory (RSS and PSS summed over its processes).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import multiprocessing as mp
+import os
+import signal
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
 import grpc
 import numpy as np
+from grpc_health.v1 import health_pb2
 
 from movierec.v1 import recommender_pb2 as pb
-from server.app import build_server, load_recommender
 
-ECHO = "/bench.Echo/Echo"
+FLOOR = "/grpc.health.v1.Health/Check"
 RECOMMEND = "/movierec.v1.RecommenderService/Recommend"
 
 
-def echo_handler() -> grpc.GenericRpcHandler:
-    identity = grpc.unary_unary_rpc_method_handler(lambda request, context: request)
-    return grpc.method_handlers_generic_handler("bench.Echo", {"Echo": identity})
-
-
-async def load(port: int, method: str, payloads: list[bytes], concurrency: int,
-               calls: int) -> tuple[float, np.ndarray]:  # fmt: skip
+async def load(
+    port: int, method: str, payloads: list[bytes], concurrency: int, calls: int
+) -> tuple[float, np.ndarray]:
     channels = [grpc.aio.insecure_channel(f"127.0.0.1:{port}")
                 for _ in range(max(1, concurrency // 4))]  # fmt: skip
     stubs = [c.unary_unary(method) for c in channels]
@@ -55,55 +57,117 @@ async def load(port: int, method: str, payloads: list[bytes], concurrency: int,
     return calls / wall, np.array(latencies) * 1e6
 
 
-def client(port: int, payloads: list[bytes], calls: int, out: mp.Queue) -> None:  # type: ignore[type-arg]
-    async def run() -> None:
-        for c in (1, 8, 32):
-            for name, method in (("echo", ECHO), ("recommend", RECOMMEND)):
-                await load(port, method, payloads, c, min(200, calls))  # warm-up
-                qps, lat = await load(port, method, payloads, c, calls)
-                out.put((c, name, qps, float(np.median(lat)), float(np.percentile(lat, 99))))
-        out.put(None)
+def memory_kib(pid: int) -> tuple[int, int]:
+    """(RSS, PSS) in KiB summed over ``pid`` and its children (PSS splits shared pages)."""
+    pids = [pid] + [
+        int(p.name) for p in Path("/proc").iterdir()
+        if p.name.isdigit() and _ppid(p) == pid
+    ]  # fmt: skip
+    rss = pss = 0
+    for p in pids:
+        for line in Path(f"/proc/{p}/smaps_rollup").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key in ("Rss", "Pss"):
+                kib = int(value.split()[0])
+                rss, pss = (rss + kib, pss) if key == "Rss" else (rss, pss + kib)
+    return rss, pss
 
-    asyncio.run(run())
+
+def _ppid(proc_dir: Path) -> int | None:
+    try:
+        return int((proc_dir / "stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
 
 
-async def main() -> None:
+def synthetic_artifacts(out: Path, n: int, d: int = 64) -> Path:
+    from movierec.artifacts import Histories, Movie, build_index, write_artifacts
+
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((n, d), dtype=np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    empty = Histories(np.zeros(0, np.int64), np.zeros(1, np.int64), np.zeros(0, np.int32),
+                      np.zeros(0, np.float32))  # fmt: skip
+    write_artifacts(
+        out,
+        movies=[Movie(i + 1, f"Movie {i + 1} (2000)", ("Drama",), 2000) for i in range(n)],
+        vectors=vectors,
+        index=build_index(vectors),
+        histories=empty,
+        settings={"source": "synthetic"},
+        aggregation={"method": "mean"},
+    )
+    return out
+
+
+def start_server(artifacts: Path, processes: int) -> tuple[subprocess.Popen[str], int]:
+    cmd = [sys.executable, "-m", "movierec", "serve", "--artifacts", str(artifacts),
+           "--port", "0", "--processes", str(processes), "--max-inflight", "1000"]  # fmt: skip
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                            env=env)  # fmt: skip
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if "movierec is serving" in line:
+            port = int(line.split(" on ")[1].split()[0].rsplit(":", 1)[1].rstrip("."))
+            return proc, port
+    raise RuntimeError(f"server exited with {proc.wait()}")
+
+
+async def bench(port: int, recommend: list[bytes], calls: int) -> None:
+    floor_payload = [health_pb2.HealthCheckRequest().SerializeToString()]
+    print(f"{'conc':>4} {'rpc':>10} {'QPS':>8} {'p50 us':>8} {'p99 us':>8} | vs floor")
+    for c in (1, 8, 32):
+        floor: tuple[float, float] = (0.0, 0.0)
+        for name, method, payloads in (("floor", FLOOR, floor_payload),
+                                       ("recommend", RECOMMEND, recommend)):  # fmt: skip
+            await load(port, method, payloads, c, min(200, calls))  # warm-up
+            qps, lat = await load(port, method, payloads, c, calls)
+            p50, p99 = float(np.median(lat)), float(np.percentile(lat, 99))
+            ratio = ""
+            if name == "floor":
+                floor = (qps, p50)
+            else:
+                ratio = f"p50 x{p50 / floor[1]:.2f}, QPS {qps / floor[0]:.0%}"
+            print(f"{c:>4} {name:>10} {qps:>8.0f} {p50:>8.0f} {p99:>8.0f} | {ratio}", flush=True)
+
+
+def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--artifacts", type=Path)
     p.add_argument("--synthetic", type=int, default=62_423, help="catalogue size if no artifacts")
+    p.add_argument("--processes", type=int, default=1)
     p.add_argument("--history", type=int, default=100, help="inline history length")
-    p.add_argument("--calls", type=int, default=3000, help="calls per phase (bounded)")
+    p.add_argument("--calls", type=int, default=2000, help="calls per phase (bounded)")
     args = p.parse_args()
-    if args.artifacts:
-        recommender = load_recommender(args.artifacts)
-    else:
-        from benchmarks.bench_core import synthetic
+    with tempfile.TemporaryDirectory() as tmp:
+        artifacts = args.artifacts or synthetic_artifacts(Path(tmp) / "a", args.synthetic)
+        from movierec.artifacts import read_manifest
 
-        recommender = synthetic(args.synthetic, 64)
-    ids = recommender.artifacts.movie_ids
-    rng = np.random.default_rng(0)
-    payloads = [pb.RecommendRequest(movie_ids=rng.choice(ids, args.history, replace=False).tolist(),
-                                    k=10).SerializeToString() for _ in range(64)]  # fmt: skip
-    running = await build_server(recommender, handlers=[echo_handler()])
-    spawn = mp.get_context("spawn")
-    queue: mp.Queue = spawn.Queue()  # type: ignore[type-arg]
-    proc = spawn.Process(target=client, args=(running.port, payloads, args.calls, queue))
-    proc.start()
-    print(f"catalogue {recommender.num_movies} x {recommender.artifacts.vectors.shape[1]}, "
-          f"history {args.history}, k 10, {args.calls} calls per phase")  # fmt: skip
-    print(f"{'conc':>4} {'rpc':>10} {'QPS':>8} {'p50 us':>8} {'p99 us':>8} | vs echo")
-    echo: dict[int, tuple[float, float]] = {}
-    while (row := await asyncio.to_thread(queue.get)) is not None:
-        c, name, qps, p50, p99 = row
-        ratio = ""
-        if name == "echo":
-            echo[c] = (qps, p50)
-        else:
-            ratio = f"p50 x{p50 / echo[c][1]:.2f}, QPS {qps / echo[c][0]:.0%}"
-        print(f"{c:>4} {name:>10} {qps:>8.0f} {p50:>8.0f} {p99:>8.0f} | {ratio}", flush=True)
-    proc.join()
-    await running.stop(None)
+        manifest = read_manifest(artifacts)
+        ids = np.array([m["movie_id"] for m in _movies(artifacts)])
+        rng = np.random.default_rng(0)
+        payloads = [pb.RecommendRequest(movie_ids=rng.choice(ids, args.history, replace=False)
+                                        .tolist(), k=10).SerializeToString()
+                    for _ in range(64)]  # fmt: skip
+        proc, port = start_server(artifacts, args.processes)
+        try:
+            rss, pss = memory_kib(proc.pid)
+            print(f"catalogue {manifest['counts']['movies']} x {manifest['dim']}, history "
+                  f"{args.history}, k 10, {args.calls} calls per phase, {args.processes} server "
+                  f"process(es): RSS {rss / 1024:.0f} MiB, PSS {pss / 1024:.0f} MiB")  # fmt: skip
+            asyncio.run(bench(port, payloads, args.calls))
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=60)
+
+
+def _movies(artifacts: Path) -> list[dict[str, object]]:
+    import json
+
+    movies: list[dict[str, object]] = json.loads((artifacts / "movies.json").read_text())
+    return movies
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    main()

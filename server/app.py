@@ -14,7 +14,7 @@ import contextlib
 import logging
 import signal
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -97,12 +97,10 @@ def load_recommender(artifacts: Path) -> Recommender:
 async def build_server(
     recommender: Recommender,
     options: ServerOptions = ServerOptions(),
-    handlers: Sequence[grpc.GenericRpcHandler] = (),
     artifacts: Path | None = None,
 ) -> RunningServer:
-    """A started, SERVING server (``options.address`` with port 0 picks a free one).
-    ``handlers`` adds services beside ours (the benchmarks add a bare echo); ``artifacts`` is
-    the directory ``reload`` re-reads."""
+    """A started, SERVING server (``options.address`` with port 0 picks a free one);
+    ``artifacts`` is the directory ``reload`` re-reads."""
     # One thread per search: with 2 OpenMP threads a single query got slower here, and
     # parallelism comes from concurrent calls and processes instead.
     faiss.omp_set_num_threads(1)
@@ -115,7 +113,6 @@ async def build_server(
             ("grpc.so_reuseport", int(options.reuse_port)),
         ],
     )
-    server.add_generic_rpc_handlers(tuple(handlers))
     pool = ThreadPoolExecutor(options.workers, thread_name_prefix="movierec-worker")
     servicer = RecommenderServicer(recommender, pool)
     recommender_pb2_grpc.add_RecommenderServiceServicer_to_server(servicer, server)
