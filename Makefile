@@ -25,3 +25,8 @@ test: check
 
 proto: $(BIN)/movierec
 	$(BIN)/python scripts/generate_proto.py
+
+bench: $(BIN)/movierec
+	$(BIN)/python benchmarks/bench_core.py
+	$(BIN)/python benchmarks/bench_grpc.py --synthetic 62423
+	$(BIN)/python benchmarks/bench_grpc.py --synthetic 62423 --processes 2
