@@ -2,6 +2,7 @@
 
     python benchmarks/bench_core.py            # 9.7k, 62k and 1M movies, d 64/128
     python benchmarks/bench_core.py --quick    # skip the 1M catalogue
+    python benchmarks/bench_core.py --index fp16   # the same against a float16 index
 
 For each catalogue size, dimension and history length: the median and p99 of
 ``Recommender.recommend_for_movies`` (aggregate the history, search with the watched movies
@@ -18,18 +19,17 @@ import time
 import faiss
 import numpy as np
 
-from movierec.artifacts import Artifacts, Histories, Movie
+from movierec.artifacts import INDEX_TYPES, Artifacts, Histories, Movie, build_index
 from server.recommender import Recommender
 
 K = 10
 
 
-def synthetic(n: int, d: int, seed: int = 0) -> Recommender:
+def synthetic(n: int, d: int, kind: str = "flat", seed: int = 0) -> Recommender:
     rng = np.random.default_rng(seed)
     vectors = rng.standard_normal((n, d), dtype=np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    index = faiss.IndexFlatIP(d)
-    index.add(vectors)
+    index = build_index(vectors, kind)
     movies = [Movie(i + 1, f"Movie {i + 1} (2000)", ("Drama",), 2000) for i in range(n)]
     empty = Histories(np.zeros(0, np.int64), np.zeros(1, np.int64), np.zeros(0, np.int32),
                       np.zeros(0, np.float32))  # fmt: skip
@@ -50,6 +50,7 @@ def timed(fn: object, repeats: int) -> np.ndarray:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="skip the 1M-movie catalogue")
+    p.add_argument("--index", default="flat", choices=list(INDEX_TYPES), help="index kind")
     args = p.parse_args()
     faiss.omp_set_num_threads(1)
     sizes = [9_742, 62_423] + ([] if args.quick else [1_000_000])
@@ -57,7 +58,7 @@ def main() -> None:
           f"{'faiss p50 us':>12} {'p99':>7} | {'ratio p50':>9}")  # fmt: skip
     for n in sizes:
         for d in (64, 128):
-            rec = synthetic(n, d)
+            rec = synthetic(n, d, args.index)
             rng = np.random.default_rng(1)
             repeats = 300 if n < 100_000 else 15
             for h in (20, 200, 2000):

@@ -1,6 +1,7 @@
 """Recommend over gRPC on loopback vs the transport floor of the same server, same run.
 
     python benchmarks/bench_grpc.py --synthetic 62423                # random 64-d catalogue
+    python benchmarks/bench_grpc.py --synthetic 62423 --index fp16   # a float16 index
     python benchmarks/bench_grpc.py --artifacts artifacts/mls --processes 2
 
 Starts ``movierec serve`` (one or ``--processes`` processes) on a free loopback port, then
@@ -80,7 +81,7 @@ def _ppid(proc_dir: Path) -> int | None:
         return None
 
 
-def synthetic_artifacts(out: Path, n: int, d: int = 64) -> Path:
+def synthetic_artifacts(out: Path, n: int, kind: str, d: int = 64) -> Path:
     from movierec.artifacts import Histories, Movie, build_index, write_artifacts
 
     rng = np.random.default_rng(0)
@@ -92,7 +93,7 @@ def synthetic_artifacts(out: Path, n: int, d: int = 64) -> Path:
         out,
         movies=[Movie(i + 1, f"Movie {i + 1} (2000)", ("Drama",), 2000) for i in range(n)],
         vectors=vectors,
-        index=build_index(vectors),
+        index=build_index(vectors, kind),
         histories=empty,
         settings={"source": "synthetic"},
         aggregation={"method": "mean"},
@@ -136,12 +137,15 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--artifacts", type=Path)
     p.add_argument("--synthetic", type=int, default=62_423, help="catalogue size if no artifacts")
+    p.add_argument("--index", default="flat", help="synthetic catalogue's index: flat, fp16, hnsw")
     p.add_argument("--processes", type=int, default=1)
     p.add_argument("--history", type=int, default=100, help="inline history length")
     p.add_argument("--calls", type=int, default=2000, help="calls per phase (bounded)")
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        artifacts = args.artifacts or synthetic_artifacts(Path(tmp) / "a", args.synthetic)
+        artifacts = args.artifacts or synthetic_artifacts(
+            Path(tmp) / "a", args.synthetic, args.index
+        )
         from movierec.artifacts import read_manifest
 
         manifest = read_manifest(artifacts)
@@ -153,7 +157,8 @@ def main() -> None:
         proc, port = start_server(artifacts, args.processes)
         try:
             rss, pss = memory_kib(proc.pid)
-            print(f"catalogue {manifest['counts']['movies']} x {manifest['dim']}, history "
+            print(f"catalogue {manifest['counts']['movies']} x {manifest['dim']} "
+                  f"({manifest['index']['type']}), history "
                   f"{args.history}, k 10, {args.calls} calls per phase, {args.processes} server "
                   f"process(es): RSS {rss / 1024:.0f} MiB, PSS {pss / 1024:.0f} MiB")  # fmt: skip
             asyncio.run(bench(port, payloads, args.calls))

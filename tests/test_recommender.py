@@ -177,11 +177,14 @@ def test_explain_out_of_range(recommender: Recommender, explain: int) -> None:
         )
 
 
-def test_hnsw_index_finds_what_exact_search_finds(recommender: Recommender) -> None:
+@pytest.mark.parametrize("kind", ["hnsw", "fp16"])
+def test_approximate_indexes_find_what_exact_search_finds(
+    recommender: Recommender, kind: str
+) -> None:
     exact = recommender.artifacts.index
     vectors = exact.reconstruct_n(0, exact.ntotal)
-    graph = build_index(vectors, "hnsw", hnsw_m=16, ef_search=64)
-    approx = Recommender(dataclasses.replace(recommender.artifacts, index=graph))
+    index = build_index(vectors, kind, hnsw_m=16, ef_search=64)
+    approx = Recommender(dataclasses.replace(recommender.artifacts, index=index))
     users = recommender.artifacts.histories.user_ids[::10]
     hits = []
     for user in users.tolist():

@@ -99,7 +99,7 @@ def test_hnsw_export_round_trips(sample_dir: Path, tmp_path: Path) -> None:
     assert manifest["index"]["type"] == "IndexHNSWFlat"
     rec = Recommender(read_artifacts(tmp_path / "a"))
     assert len(rec.recommend(int(rec.artifacts.histories.user_ids[0]), 10).items) == 10
-    with pytest.raises(ValueError, match="index must be flat or hnsw"):
+    with pytest.raises(ValueError, match="index must be flat, fp16 or hnsw"):
         TrainConfig(index="ivf")
 
 

@@ -33,7 +33,7 @@ class TrainConfig:
     regularization: float = 0.01  # als: L2 regularisation of the factors
     alpha: float = 1.0  # als: confidence per star of a liked rating
     batch_size: int = 4096  # sgns: pairs per step; softmax: 1/16 of it as movies per step
-    index: str = "flat"  # "flat": exact search; "hnsw": approximate graph, for ~1M movies
+    index: str = "flat"  # "flat": exact; "fp16": half the bytes scanned; "hnsw": graph (~1M)
     hnsw_m: int = 32  # hnsw: graph neighbours per movie
     ef_search: int = 128  # hnsw: search depth (recall vs latency), stored in the index
     seed: int = 0  # seeds sampling and initialisation: same seed, same artifact
@@ -50,8 +50,8 @@ class TrainConfig:
             raise ValueError("min_count >= 0, window >= 0, lr > 0 and subsample >= 0 are required")
         if self.min_count == 0 and not (self.side_info and self.objective == "cbow"):
             raise ValueError("min_count 0 (unrated movies too) needs cbow with side_info")
-        if self.index not in ("flat", "hnsw"):
-            raise ValueError(f"index must be flat or hnsw, got {self.index!r}")
+        if self.index not in ("flat", "fp16", "hnsw"):
+            raise ValueError(f"index must be flat, fp16 or hnsw, got {self.index!r}")
         if not 0 < self.keep <= 1:
             raise ValueError(f"keep must be in (0, 1], got {self.keep}")
 
