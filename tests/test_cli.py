@@ -70,6 +70,16 @@ def start_server(
     raise AssertionError(f"server exited with {proc.wait()}")
 
 
+def stop_server(proc: subprocess.Popen[str]) -> str:
+    """SIGTERM, expect a clean exit 0, return what the server printed."""
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 0
+    assert proc.stdout is not None
+    log = proc.stdout.read()
+    proc.stdout.close()
+    return log
+
+
 def test_serve_recommend_similar_and_sigterm(artifacts_dir: Path, recommender) -> None:
     port = free_port()
     proc = start_server(artifacts_dir, port)
@@ -99,11 +109,7 @@ def test_serve_recommend_similar_and_sigterm(artifacts_dir: Path, recommender) -
         )
         assert run("movierec", "health", "--target", target).stdout.strip() == "SERVING"
     finally:
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30) == 0
-        assert proc.stdout is not None
-        assert "stopped" in proc.stdout.read()
-        proc.stdout.close()
+        assert "stopped" in stop_server(proc)
 
 
 def test_sigterm_drains_with_calls_in_flight(artifacts_dir: Path, recommender) -> None:
@@ -178,11 +184,7 @@ def test_several_processes_share_one_port(artifacts_dir: Path, recommender) -> N
             out = run("movierec", "recommend", "--target", f"127.0.0.1:{port}", "--user", user)
             assert out.returncode == 0, out.stderr
     finally:
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30) == 0
-        assert proc.stdout is not None
-        log = proc.stdout.read()
-        proc.stdout.close()
+        log = stop_server(proc)
     assert log.count("server.app: stopped") == 2
     assert not any(Path(f"/proc/{pid}").exists() for pid in children)
 
@@ -234,11 +236,7 @@ def test_sighup_and_reload_command_swap_the_model(
         assert version() == new  # the old model keeps serving
         assert run("movierec", "reload", "--target", f"127.0.0.1:{port}").returncode == 1
     finally:
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30) == 0
-        assert proc.stdout is not None
-        log = proc.stdout.read()
-        proc.stdout.close()
+        log = stop_server(proc)
     assert "reloaded: serving" in log and "reload refused, still serving" in log
 
 
