@@ -47,9 +47,9 @@ def test_objectives_learn_the_sample(
 
 def test_same_seed_same_model(sample_dir: Path) -> None:
     corpus = build_corpus(load(sample_dir), 3.5, 1)
-    config = TrainConfig(epochs=2, dim=16)
+    config = TrainConfig(epochs=2)  # default size: parallel kernels included
     a, b = train(corpus, config, False), train(corpus, config, False)
-    c = train(corpus, TrainConfig(epochs=2, dim=16, seed=1), False)
+    c = train(corpus, TrainConfig(epochs=2, seed=1), False)
     assert np.array_equal(a.inp, b.inp) and np.array_equal(a.out, b.out)
     assert not np.array_equal(a.inp, c.inp)
 

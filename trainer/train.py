@@ -50,6 +50,8 @@ def train(
     every epoch, and ``resume`` continues from that file with the same result as a run that
     was never interrupted."""
     torch.manual_seed(config.seed)
+    # Parallel scatter-adds otherwise sum in thread order: ~1e-6 apart between two runs.
+    torch.use_deterministic_algorithms(True)
     torch.set_num_threads(config.threads or os.cpu_count() or 1)
     rng = np.random.default_rng(config.seed)
     n = len(corpus.movies)
