@@ -19,12 +19,13 @@ COPY trainer/ trainer/
 RUN pip install --no-deps . && python -m compileall -q /opt/venv
 
 FROM python:3.11-slim-bookworm
+# Not root: a system user, named by its numeric id below so any runtime can resolve it.
 RUN useradd --system --uid 999 --no-create-home movierec
 COPY --from=build /opt/venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 \
     OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 \
     MOVIEREC_HOST=0.0.0.0 MOVIEREC_PORT=50051
-USER movierec
+USER 999
 EXPOSE 50051
 HEALTHCHECK --interval=10s --timeout=3s --start-period=30s \
     CMD ["movierec", "health", "--target", "127.0.0.1:50051"]
