@@ -31,16 +31,16 @@ class ItemEmbeddings(nn.Module):
         self,
         num_items: int,
         dim: int,
-        sparse: bool,
         features: tuple[torch.Tensor, torch.Tensor, int] | None = None,
     ) -> None:
         """``features`` (CSR offsets, indices, vocabulary size): side information whose
         embeddings are averaged into every movie's input and output vector, so a movie with
         few or no ratings still gets one from its genres and decade."""
         super().__init__()
-        self.inp = nn.Embedding(num_items, dim, sparse=sparse)
-        self.out = nn.Embedding(num_items, dim, sparse=sparse)
-        self.bias = nn.Embedding(num_items, 1, sparse=sparse)
+        # Dense: sparse rows + SparseAdam measured 1.5x slower for sgns at 7k and 30k movies.
+        self.inp = nn.Embedding(num_items, dim)
+        self.out = nn.Embedding(num_items, dim)
+        self.bias = nn.Embedding(num_items, 1)
         nn.init.normal_(self.inp.weight, std=0.01)
         nn.init.normal_(self.out.weight, std=0.01)
         nn.init.zeros_(self.bias.weight)

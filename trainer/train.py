@@ -60,12 +60,8 @@ def train(
     if config.side_info and config.objective == "cbow":
         f = corpus.features
         features = (torch.from_numpy(f.indptr), torch.from_numpy(f.indices), len(f.names))
-    model = ItemEmbeddings(n, config.dim, sparse=config.objective == "sgns", features=features)
-    optimizer: torch.optim.Optimizer
-    if config.objective == "sgns":  # sparse rows: only the movies in a batch are updated
-        optimizer = torch.optim.SparseAdam(model.parameters(), config.lr)
-    else:
-        optimizer = torch.optim.Adam(model.parameters(), config.lr)
+    model = ItemEmbeddings(n, config.dim, features)
+    optimizer = torch.optim.Adam(model.parameters(), config.lr)
     epoch_steps, units, unit = _objective(corpus, config, model, optimizer, counts, rng)
     first_epoch = 0
     if resume and checkpoint is not None and checkpoint.exists():
