@@ -25,10 +25,10 @@ from movierec.artifacts import Artifacts, Movie
 MAX_K = 1000  # results per call; FAISS allocates k-sized buffers per query
 MAX_HISTORY = 10_000  # inline watched movies per call
 MAX_EXPLAIN = 100  # contributing movies named per recommendation
-# Excluding up to this many watched movies: search k + that many and filter (cheapest here);
-# more: a FAISS bitmap selector, whose cost does not grow with them but slows the scan ~1.3x
-# (crossover measured at 150-400 on 9.7k-62k catalogues; benchmarks/bench_core.py).
-OVERFETCH_MAX = 128
+# Excluding up to 1% of the catalogue (within these bounds): search k + that many and filter;
+# more: a FAISS bitmap selector, whose cost does not grow with them but slows the scan ~1.2x.
+# Crossovers measured here: ~150 at 9.7k movies, ~700 at 62k, beyond 2,000 at 1M.
+OVERFETCH_MIN, OVERFETCH_MAX = 128, 2_000
 
 
 class RecommenderError(Exception):
@@ -91,6 +91,7 @@ class Recommender:
             self._inline_stars = float(aggregation["inline_stars"])
         hnsw = getattr(faiss.downcast_index(self._index), "hnsw", None)
         self._ef_search: int | None = int(hnsw.efSearch) if hnsw is not None else None
+        self._overfetch = min(max(OVERFETCH_MIN, self._index.ntotal // 100), OVERFETCH_MAX)
         self._order = np.argsort(artifacts.movie_ids)  # row_of via binary search, vectorised
         self._sorted_ids = artifacts.movie_ids[self._order]
 
@@ -197,7 +198,7 @@ class Recommender:
         k = min(k, self._index.ntotal - len(excluded))
         if k <= 0:
             return np.zeros(0, np.int64), np.zeros(0, np.float32)
-        if len(excluded) <= OVERFETCH_MAX:
+        if len(excluded) <= self._overfetch:
             # The excluded movies can take at most len(excluded) of the k + len(excluded) best.
             scores, ids = self._index.search(
                 query, k + len(excluded), params=self._params(k + len(excluded))

@@ -12,7 +12,7 @@ from server.recommender import (
     MAX_EXPLAIN,
     MAX_HISTORY,
     MAX_K,
-    OVERFETCH_MAX,
+    OVERFETCH_MIN,
     InvalidArgumentError,
     NotFoundError,
     Recommender,
@@ -197,6 +197,8 @@ def test_approximate_indexes_find_what_exact_search_finds(
     user = int(users[0])
     rows, _ = recommender.artifacts.histories.lookup(user)
     assert len(approx.recommend(user, 200).items) == 200
-    everything = recommender.artifacts.movie_ids[: OVERFETCH_MAX + 50].tolist()
+    everything = recommender.artifacts.movie_ids[
+        : OVERFETCH_MIN + 50
+    ].tolist()  # 600 movies: selector
     items = approx.recommend_for_movies(everything, 30, explain=2).items
     assert len(items) == 30 and not set(everything) & {s.movie.movie_id for s in items}
