@@ -98,9 +98,11 @@ async def build_server(
     recommender: Recommender,
     options: ServerOptions = ServerOptions(),
     artifacts: Path | None = None,
+    load_seconds: float = 0.0,
 ) -> RunningServer:
     """A started, SERVING server (``options.address`` with port 0 picks a free one);
-    ``artifacts`` is the directory ``reload`` re-reads."""
+    ``artifacts`` is the directory ``reload`` re-reads, ``load_seconds`` how long loading
+    ``recommender`` took (a metric)."""
     # One thread per search: with 2 OpenMP threads a single query got slower here, and
     # parallelism comes from concurrent calls and processes instead.
     faiss.omp_set_num_threads(1)
@@ -136,7 +138,7 @@ async def build_server(
         server, port, servicer, health_servicer, metrics, metrics_port, artifacts, pool
     )
     recommender_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(running.reload), server)
-    metrics.model_loaded(recommender.model_version, 0.0)
+    metrics.model_loaded(recommender.model_version, load_seconds)
     await server.start()
     for name in ("", *SERVICE_NAMES):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -154,8 +156,7 @@ async def serve(
 ) -> None:
     """Serve a loaded model until SIGTERM or SIGINT, then shut down in order and return.
     SIGHUP reloads the model from ``artifacts``. ``on_ready(port, metrics_port)``."""
-    running = await build_server(recommender, options, artifacts=artifacts)
-    running.metrics.model_loaded(recommender.model_version, load_seconds)
+    running = await build_server(recommender, options, artifacts, load_seconds)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -34,6 +34,7 @@ class CallGuard(grpc.aio.ServerInterceptor):
         self.tokens = tokens
         self.max_inflight = max_inflight
         self.inflight = 0
+        self._wrapped: dict[str, tuple[Handler, Handler]] = {}  # method -> (handler, guarded)
 
     async def intercept_service(
         self,
@@ -43,11 +44,15 @@ class CallGuard(grpc.aio.ServerInterceptor):
         handler = await continuation(details)
         if handler is None or handler.unary_unary is None:
             return handler  # streaming (health Watch, reflection) or an unknown method
-        return grpc.unary_unary_rpc_method_handler(
-            self._guard(details.method, handler.unary_unary),
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
+        cached = self._wrapped.get(details.method)
+        if cached is None or cached[0] is not handler:  # wrap once per method, not per call
+            guarded = grpc.unary_unary_rpc_method_handler(
+                self._guard(details.method, handler.unary_unary),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+            cached = self._wrapped[details.method] = (handler, guarded)
+        return cached[1]
 
     def _guard(self, method: str, behavior: Behavior) -> Behavior:
         is_health = method.startswith(HEALTH_PREFIX)
@@ -57,11 +62,10 @@ class CallGuard(grpc.aio.ServerInterceptor):
             code = grpc.StatusCode.OK
             admitted = False
             try:
-                metadata = context.invocation_metadata()
                 if (
                     self.tokens.enabled
                     and not is_health
-                    and not self.tokens.accepts(tuple(metadata or ()))
+                    and not self.tokens.accepts(tuple(context.invocation_metadata() or ()))
                 ):
                     code = grpc.StatusCode.UNAUTHENTICATED
                     await context.abort(code, "missing or invalid bearer token")
@@ -93,12 +97,11 @@ class CallGuard(grpc.aio.ServerInterceptor):
                 seconds = time.perf_counter() - start
                 self.metrics.observe(method, code.name, seconds)
                 if access_log.isEnabledFor(logging.INFO) and not is_health:
-                    k = getattr(request, "k", None)
+                    k, peer = getattr(request, "k", None), context.peer()
                     access_log.info(
-                        "%s %s %.2fms k=%s peer=%s", method, code.name, seconds * 1e3, k,
-                        context.peer(),
+                        "%s %s %.2fms k=%s peer=%s", method, code.name, seconds * 1e3, k, peer,
                         extra={"method": method, "code": code.name, "ms": round(seconds * 1e3, 3),
-                               "k": k, "peer": context.peer()},
+                               "k": k, "peer": peer},
                     )  # fmt: skip
 
         return guarded

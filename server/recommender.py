@@ -100,10 +100,7 @@ class Recommender:
         return len(self._movies)
 
     def movie(self, movie_id: int) -> Movie:
-        rows, _ = self._rows_of([movie_id])
-        if not len(rows):
-            raise NotFoundError(f"movie {movie_id} is not in the catalogue")
-        return self._movies[int(rows[0])]
+        return self._movies[int(self._row_of(movie_id)[0])]
 
     def recommend(
         self, user_id: int, k: int, include_watched: bool = False, explain: int = 0
@@ -143,10 +140,15 @@ class Recommender:
     def similar(self, movie_id: int, k: int) -> list[Scored]:
         """The k movies nearest to one movie, itself excluded."""
         _check_k(k)
+        rows = self._row_of(movie_id)
+        return self._results(*self._search(self._aggregate(rows), k, rows), rows, None, 0)
+
+    def _row_of(self, movie_id: int) -> npt.NDArray[np.int64]:
+        """The movie's row, as a 1-element array; NotFoundError if the model lacks it."""
         rows, _ = self._rows_of([movie_id])
         if not len(rows):
             raise NotFoundError(f"movie {movie_id} is not in the catalogue")
-        return self._results(*self._search(self._aggregate(rows), k, rows), rows, None, 0)
+        return rows
 
     def _rows_of(self, movie_ids: Sequence[int]) -> tuple[npt.NDArray[np.int64], list[int]]:
         ids = _sorted_unique(np.asarray(movie_ids, dtype=np.int64))

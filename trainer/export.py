@@ -37,21 +37,19 @@ def export(
     * als: the raw item factors, in ``vectors.npy`` and the index; the query is ALS's
       least-squares fold-in of the history, not a mean (aggregation "als").
     """
-    vectors = normalize_rows(embeddings.inp)
+    aggregation: dict[str, Any] = {"method": "mean", "like_threshold": config.like_threshold}
     if config.objective == "als":
         # Raw item factors: the server folds a user in by least squares over them.
         vectors = indexed = embeddings.inp
-        aggregation = {"method": "als", "like_threshold": config.like_threshold,
-                       "regularization": config.regularization, "alpha": config.alpha,
-                       "inline_stars": 4.0}  # fmt: skip
+        aggregation.update(method="als", regularization=config.regularization,
+                           alpha=config.alpha, inline_stars=4.0)  # fmt: skip
     elif config.objective == "cbow":
+        vectors = normalize_rows(embeddings.inp)
         indexed = np.hstack([embeddings.out, embeddings.bias[:, None]]).astype(np.float32)
-        aggregation = {"method": "mean", "like_threshold": config.like_threshold,
-                       "append_one": True}  # fmt: skip
+        aggregation["append_one"] = True
     else:
-        indexed = vectors
-        aggregation = {"method": "mean", "like_threshold": config.like_threshold,
-                       "append_one": False}  # fmt: skip
+        vectors = indexed = normalize_rows(embeddings.inp)
+        aggregation["append_one"] = False
     index = build_index(indexed, config.index, config.hnsw_m, config.ef_search)
     settings = {"source": source, "source_movies": corpus.rated_movies,
                 "train_seconds": round(embeddings.seconds, 2), **asdict(config)}  # fmt: skip
