@@ -6,14 +6,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+from torch import nn
 
 from movierec.artifacts import read_artifacts
 from server.recommender import Recommender
 from trainer.config import TrainConfig
 from trainer.corpus import build_corpus
+from trainer.model import ItemEmbeddings
 from trainer.movielens import load
 from trainer.pipeline import run_training
-from trainer.train import train
+from trainer.train import SoftmaxSampler, train
 
 
 def genre_agreement(rec: Recommender, sample, users: int = 150) -> float:
@@ -29,12 +32,14 @@ def genre_agreement(rec: Recommender, sample, users: int = 150) -> float:
     "config",
     [
         TrainConfig(objective="cbow", epochs=4),
+        # 600 movies > 5 x 100: a sampled softmax, and 2 steps per epoch
+        TrainConfig(objective="cbow", epochs=8, softmax_samples=100, users_per_step=500),
         TrainConfig(objective="sgns", dim=32, epochs=5),
         TrainConfig(objective="softmax", dim=32, epochs=2),
         TrainConfig(objective="sgns", dim=32, epochs=5, lr=0.02, window=5, subsample=1e-3),
         TrainConfig(objective="als", dim=16, epochs=10),
     ],
-    ids=["cbow", "sgns", "softmax", "sgns-window-subsample", "als"],
+    ids=["cbow", "cbow-sampled", "sgns", "softmax", "sgns-window-subsample", "als"],
 )
 def test_objectives_learn_the_sample(
     config: TrainConfig, sample, sample_dir: Path, tmp_path: Path
@@ -61,6 +66,44 @@ def test_bad_settings_are_refused() -> None:
         TrainConfig(dim=0)
     with pytest.raises(ValueError, match="keep must be in"):
         TrainConfig(keep=0)
+    with pytest.raises(ValueError, match="users_per_step must be 0 .auto. or more"):
+        TrainConfig(users_per_step=-1)
+    with pytest.raises(ValueError, match="softmax_samples must be at least 1"):
+        TrainConfig(softmax_samples=0)
+
+
+def test_sampled_softmax_is_the_full_one_when_every_movie_is_drawn() -> None:
+    torch.manual_seed(0)
+    features = (torch.tensor([0, 1, 3, 3, 4, 5, 6]), torch.tensor([0, 1, 2, 0, 2, 1]), 3)
+    model = ItemEmbeddings(6, 8, features)
+    nn.init.normal_(model.bias.weight)  # biases matter in both
+    batch = (
+        torch.tensor([0, 2, 1, 5, 3]),  # context
+        torch.tensor([0, 0, 1, 1, 2]),  # its users
+        torch.tensor([0, 2, 4, 1, 5, 3, 0]),  # targets
+        torch.tensor([0, 0, 0, 1, 1, 2, 2]),  # their users
+        torch.tensor([1.0, 0.5, 2.0, 1.0, 1.0, 0.3, 1.0]),  # their weights
+        3,
+    )
+    full = model.cbow_loss(*batch)
+    everything = torch.arange(6)
+    sampled = model.sampled_cbow_loss(*batch, everything, torch.zeros(6))
+    torch.testing.assert_close(sampled, full)
+    # A partial sample with its correction is a different, finite estimate.
+    sampler = SoftmaxSampler(np.array([5, 1, 1, 3, 1, 2]), TrainConfig(softmax_samples=3))
+    estimate = model.sampled_cbow_loss(*batch, sampler.draw(), sampler.log_inclusion)
+    assert torch.isfinite(estimate) and not torch.equal(estimate, full)
+
+
+def test_sampler_inclusion_probabilities_match_its_draws() -> None:
+    torch.manual_seed(0)
+    counts = np.array([1000, 300, 100, 30, 10, 3, 1, 0])
+    sampler = SoftmaxSampler(counts, TrainConfig(softmax_samples=6))
+    drawn = torch.zeros(len(counts))
+    for _ in range(4000):
+        drawn[sampler.draw()] += 1
+    torch.testing.assert_close(drawn / 4000, sampler.log_inclusion.exp(), atol=0.025, rtol=0)
+    assert drawn[-1] == 0  # never liked, never a negative
 
 
 def test_resume_after_a_crash_gives_the_uninterrupted_result(

@@ -19,7 +19,8 @@ class TrainConfig:
     dim: int = 256  # embedding size (the notebook's hidden layer)
     epochs: int = 30  # passes over the users (cbow) or the re-sampled pairs
     keep: float = 0.6  # cbow: share of a user's liked movies drawn as context per step
-    users_per_step: int = 64  # cbow: users per optimiser step
+    users_per_step: int = 0  # cbow: users per optimiser step; 0: a hundredth of all users, >= 64
+    softmax_samples: int = 2048  # cbow: over 5x this many movies, score a sample this big
     rating_weight: float = 0.5  # cbow: a target weighs 1 + rating_weight * (stars - 4)
     partners: int = 10  # partners drawn per liked movie per epoch, instead of all n^2 pairs
     window: int = 0  # 0: partners from the whole history; k: within k of it in time order
@@ -27,7 +28,7 @@ class TrainConfig:
     min_count: int = 3  # movies with fewer liked ratings get no row (0, with side_info: all)
     side_info: bool = True  # cbow: genres and decade feed each movie's vectors (cold start)
     negatives: int = 10  # sgns: negative movies per pair
-    ns_exponent: float = 0.75  # sgns: negatives ~ count^ns_exponent (0 uniform, 1 unigram)
+    ns_exponent: float = 0.75  # sgns, sampled cbow: samples ~ count^ns_exponent (0 uniform)
     subsample: float = 0.0  # word2vec subsampling of frequent movies (e.g. 1e-3); 0 = off
     lr: float = 0.005  # Adam learning rate
     regularization: float = 0.01  # als: L2 regularisation of the factors
@@ -42,10 +43,12 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}")
-        for name in ("dim", "epochs", "partners", "negatives", "batch_size", "users_per_step",
-                     "hnsw_m", "ef_search"):  # fmt: skip
+        for name in ("dim", "epochs", "partners", "negatives", "batch_size",
+                     "softmax_samples", "hnsw_m", "ef_search"):  # fmt: skip
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.users_per_step < 0:
+            raise ValueError(f"users_per_step must be 0 (auto) or more, got {self.users_per_step}")
         if self.min_count < 0 or self.window < 0 or self.lr <= 0 or self.subsample < 0:
             raise ValueError("min_count >= 0, window >= 0, lr > 0 and subsample >= 0 are required")
         if self.min_count == 0 and not (self.side_info and self.objective == "cbow"):

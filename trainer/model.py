@@ -7,7 +7,9 @@ Three losses. Over whole baskets:
   its input vectors is scored against every movie (output vector + bias, a full softmax) and
   every movie the user liked is a target. This is exactly what the server computes (normalised
   mean of the history, inner product with [output vector, bias]), so training optimises the
-  served ranking itself.
+  served ranking itself. On a large catalogue the softmax runs over a sample of movies instead
+  of all (``sampled_cbow_loss``): an estimate of the same objective at a cost that does not
+  grow with the catalogue.
 
 Over co-watch pairs (movie1 -> movie2):
 
@@ -75,12 +77,37 @@ class ItemEmbeddings(nn.Module):
         num_users: int,
     ) -> torch.Tensor:
         """Weighted mean cross-entropy of every target given its user's context (users
-        0..num_users-1)."""
+        0..num_users-1), over every movie."""
         inp, out, bias = self.item_tables()
-        h = torch.zeros(num_users, inp.shape[1]).index_add_(0, context_user, inp[context])
-        logits = F.normalize(h, dim=1) @ out.T + bias
+        logits = _queries(inp, context, context_user, num_users) @ out.T + bias
         nll = -F.log_softmax(logits, dim=1)[target_user, targets]
         return (nll * target_weight).sum() / target_weight.sum()
+
+    def sampled_cbow_loss(
+        self,
+        context: torch.Tensor,
+        context_user: torch.Tensor,
+        targets: torch.Tensor,
+        target_user: torch.Tensor,
+        target_weight: torch.Tensor,
+        num_users: int,
+        samples: torch.Tensor,
+        log_inclusion: torch.Tensor,
+    ) -> torch.Tensor:
+        """``cbow_loss`` with each target's softmax over ``samples`` (distinct movies, shared
+        by the batch) and itself instead of every movie. Every score is lowered by the log of
+        its movie's probability of being in a sample (``log_inclusion``, per movie): the
+        correction that makes the sum over samples an estimate of the sum over all movies."""
+        inp, out, bias = self.item_tables()
+        h = _queries(inp, context, context_user, num_users)
+        bias = bias - log_inclusion
+        sampled = torch.logsumexp(h @ out[samples].T + bias[samples], 1)[target_user]
+        positive = (h.index_select(0, target_user) * out.index_select(0, targets)).sum(1)
+        positive = positive + bias[targets]
+        drawn = torch.zeros_like(bias, dtype=torch.bool).index_fill_(0, samples, True)
+        # A target among the samples is in their sum already.
+        normaliser = torch.where(drawn[targets], sampled, torch.logaddexp(positive, sampled))
+        return ((normaliser - positive) * target_weight).sum() / target_weight.sum()
 
     def softmax_loss(self, centers: torch.Tensor, partner_counts: torch.Tensor) -> torch.Tensor:
         """Mean cross-entropy over the pairs summarised by ``partner_counts`` (centers x items)."""
@@ -96,3 +123,13 @@ class ItemEmbeddings(nn.Module):
         pos = (u * self.out(contexts)).sum(1) + self.bias(contexts).squeeze(1)
         neg = torch.einsum("bd,bkd->bk", u, self.out(negatives)) + self.bias(negatives).squeeze(2)
         return (F.softplus(-pos) + F.softplus(neg).sum(1)).mean()
+
+
+def _queries(
+    inp: torch.Tensor, context: torch.Tensor, context_user: torch.Tensor, num_users: int
+) -> torch.Tensor:
+    """Each user's normalised mean context vector (users 0..num_users-1), as served."""
+    h = torch.zeros(num_users, inp.shape[1]).index_add_(
+        0, context_user, inp.index_select(0, context)
+    )
+    return F.normalize(h, dim=1)

