@@ -2,22 +2,24 @@
 
     pip install gensim   # a benchmark-only dependency
     python benchmarks/bench_train.py --data ../shared/data/ml-latest-small
-    python benchmarks/bench_train.py --generated 10000   # + a generated ~1M-rating dataset
+    python benchmarks/bench_train.py --data ... --generated 1m --generated 25m --epochs 10
 
 The corpus is each user's liked movies (rating >= 3.5) in time order. movierec sgns draws
 10 partners per liked movie per epoch; gensim skip-gram with window 9 trains on average
 10 (context, word) pairs per token (its windows shrink at random), so both see about the same
 number of pairs: dim 64, 10 negatives, 5 epochs, no subsampling, 2 workers/threads. Also
-times the default model (cbow) on the same data, and with ``--generated USERS`` end to end
-(load, train, export) on a dataset the built-in generator makes: USERS users, 4,000 movies,
-~100 ratings each, with the process's peak memory.
+times the default model (cbow) on the same data, and with ``--generated`` ``movierec train``
+end to end (load, train, export; default settings but ``--epochs``) on a dataset the built-in
+generator makes, with that process's peak memory.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
-import resource
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -25,17 +27,19 @@ from pathlib import Path
 from trainer.config import TrainConfig
 from trainer.corpus import build_corpus
 from trainer.movielens import load
-from trainer.pipeline import run_training
 from trainer.sample import make_sample
 from trainer.train import train
 
 DIM, EPOCHS, NEGATIVES, PARTNERS = 64, 5, 10, 10
+# (users, movies, mean ratings per user): ~1M ratings, and ~25M (ml-25m's shape)
+GENERATED = {"1m": (10_000, 4_000, 100), "25m": (165_000, 62_000, 160)}
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", type=Path, required=True)
-    p.add_argument("--generated", type=int, default=0, help="users of a generated dataset")
+    p.add_argument("--generated", choices=GENERATED, action="append", default=[])
+    p.add_argument("--epochs", type=int, default=TrainConfig.epochs, help="for --generated")
     args = p.parse_args()
     from gensim.models import Word2Vec
 
@@ -63,20 +67,33 @@ def main() -> None:
 
     default = train(build_corpus(load(args.data), 3.5, 3), TrainConfig(), False).seconds
     print(f"{'movierec default (cbow + side info, 30 epochs)':44} {default:>8.1f}")
-    if args.generated:
-        sample = make_sample(seed=1, num_movies=4000, num_users=args.generated, mean_ratings=100)
-        with tempfile.TemporaryDirectory() as tmp:
-            data = sample.write(Path(tmp) / "data")
-            start = time.perf_counter()
-            manifest = run_training(Path(tmp) / "a", TrainConfig(), data=data,
-                                    show_progress=False)  # fmt: skip
-            wall = time.perf_counter() - start
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        print(
-            f"generated: {len(sample.ratings):,} ratings, {args.generated:,} users, "
-            f"{manifest['counts']['movies']:,} movies: default model end to end {wall:.1f}s "
-            f"(training {manifest['settings']['train_seconds']:.1f}s), peak RSS {peak:.0f} MiB"
-        )
+    for size in args.generated:
+        _train_generated(size, args.epochs)
+
+
+def _train_generated(size: str, epochs: int) -> None:
+    users, movies, mean = GENERATED[size]
+    start = time.perf_counter()
+    sample = make_sample(seed=1, num_movies=movies, num_users=users, mean_ratings=mean)
+    with tempfile.TemporaryDirectory() as tmp:
+        data = sample.write(Path(tmp) / "data")
+        made = time.perf_counter() - start
+        command = [sys.executable, "-m", "movierec", "train", "--data", str(data),
+                   "--out", f"{tmp}/a", "--epochs", str(epochs), "--quiet"]  # fmt: skip
+        start = time.perf_counter()
+        child = subprocess.Popen(command)
+        _, status, usage = os.wait4(child.pid, 0)
+        wall = time.perf_counter() - start
+        if status != 0:
+            raise SystemExit(f"{' '.join(command)} failed ({status})")
+        manifest = json.loads((Path(tmp) / "a" / "manifest.json").read_text())
+    trained = manifest["settings"]["train_seconds"]
+    print(
+        f"generated {size}: {len(sample.ratings):,} ratings, {users:,} users, "
+        f"{manifest['counts']['movies']:,} movies (made in {made:.0f}s): movierec train "
+        f"--epochs {epochs} end to end {wall:.1f}s (training {trained:.1f}s), "
+        f"peak RSS {usage.ru_maxrss / 1024:.0f} MiB"
+    )
 
 
 if __name__ == "__main__":

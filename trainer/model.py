@@ -94,20 +94,20 @@ class ItemEmbeddings(nn.Module):
         samples: torch.Tensor,
         log_inclusion: torch.Tensor,
     ) -> torch.Tensor:
-        """``cbow_loss`` with each target's softmax over ``samples`` (distinct movies, shared
-        by the batch) and itself instead of every movie. Every score is lowered by the log of
-        its movie's probability of being in a sample (``log_inclusion``, per movie): the
-        correction that makes the sum over samples an estimate of the sum over all movies."""
+        """``cbow_loss`` with the softmax's normaliser (the log of the sum of exp(score) over
+        every movie) estimated from ``samples`` (distinct movies, shared by the batch): each
+        sampled score is lowered by the log of its movie's probability of being in a sample
+        (``log_inclusion``, per movie). Targets are grouped by user, so the positive scores
+        are one weighted bag per user: no (targets x dim) tensor is ever built."""
         inp, out, bias = self.item_tables()
         h = _queries(inp, context, context_user, num_users)
         bias = bias - log_inclusion
-        sampled = torch.logsumexp(h @ out[samples].T + bias[samples], 1)[target_user]
-        positive = (h.index_select(0, target_user) * out.index_select(0, targets)).sum(1)
-        positive = positive + bias[targets]
-        drawn = torch.zeros_like(bias, dtype=torch.bool).index_fill_(0, samples, True)
-        # A target among the samples is in their sum already.
-        normaliser = torch.where(drawn[targets], sampled, torch.logaddexp(positive, sampled))
-        return ((normaliser - positive) * target_weight).sum() / target_weight.sum()
+        normaliser = torch.logsumexp(h @ out[samples].T + bias[samples], 1)
+        liked = F.embedding_bag(targets, out, _starts(target_user, num_users), mode="sum",
+                                per_sample_weights=target_weight)  # fmt: skip
+        positive = (h * liked).sum() + (target_weight * bias[targets]).sum()
+        per_user = torch.zeros(num_users).index_add_(0, target_user, target_weight)
+        return ((per_user * normaliser).sum() - positive) / target_weight.sum()
 
     def softmax_loss(self, centers: torch.Tensor, partner_counts: torch.Tensor) -> torch.Tensor:
         """Mean cross-entropy over the pairs summarised by ``partner_counts`` (centers x items)."""
@@ -128,8 +128,12 @@ class ItemEmbeddings(nn.Module):
 def _queries(
     inp: torch.Tensor, context: torch.Tensor, context_user: torch.Tensor, num_users: int
 ) -> torch.Tensor:
-    """Each user's normalised mean context vector (users 0..num_users-1), as served."""
-    h = torch.zeros(num_users, inp.shape[1]).index_add_(
-        0, context_user, inp.index_select(0, context)
-    )
+    """Each user's normalised mean context vector (users 0..num_users-1, context grouped by
+    user), as served."""
+    h = F.embedding_bag(context, inp, _starts(context_user, num_users), mode="sum")
     return F.normalize(h, dim=1)
+
+
+def _starts(user: torch.Tensor, num_users: int) -> torch.Tensor:
+    """Where each user's entries begin in ``user`` (sorted)."""
+    return torch.searchsorted(user, torch.arange(num_users))

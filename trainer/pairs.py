@@ -124,7 +124,7 @@ def sample_contexts(
     movies (at least one) is the context, and every one of their movies is a target.
 
     Returns (context_items, context_user, target_items, target_user, target_ratings) with
-    users numbered 0..len(users)-1 in the order given.
+    users numbered 0..len(users)-1 in the order given and entries grouped by user.
     """
     indptr, items = baskets.indptr, baskets.items
     lengths = indptr[users + 1] - indptr[users]

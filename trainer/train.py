@@ -7,10 +7,12 @@ The knobs are TrainConfig's fields (trainer/config.py).
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import json
 import logging
 import os
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -49,6 +51,7 @@ def train(
     """Train; with ``checkpoint`` the model, optimiser and random states are saved there after
     every epoch, and ``resume`` continues from that file with the same result as a run that
     was never interrupted."""
+    _reuse_freed_memory()
     torch.manual_seed(config.seed)
     # Parallel scatter-adds otherwise sum in thread order: ~1e-6 apart between two runs.
     torch.use_deterministic_algorithms(True)
@@ -91,6 +94,22 @@ def train(
     log.info("trained in %.1fs, final loss %.4f", seconds, total / max(seen, 1))
     inp, out, bias = (t.detach().numpy().copy() for t in model.item_tables())
     return Embeddings(inp=inp, out=out, bias=bias, seconds=seconds)
+
+
+def _reuse_freed_memory() -> None:
+    """Keep freed memory in the process for the next step instead of handing it back to the
+    kernel. Every step frees and allocates tensors of hundreds of MB; glibc maps each afresh
+    and the kernel zero-fills every page (a 25M-rating run spent 40% of its time there;
+    1.5x faster per step at ml-25m's size without)."""
+    if sys.platform != "linux":
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    libc.mallopt(m_mmap_threshold, 1 << 30)
+    libc.mallopt(m_trim_threshold, 2**31 - 1)
 
 
 Steps = Iterator[tuple[float, int]]  # (mean loss, units done) per optimiser step
