@@ -19,7 +19,7 @@ class TrainConfig:
     dim: int = 256  # embedding size (the notebook's hidden layer)
     epochs: int = 30  # passes over the users (cbow) or the re-sampled pairs
     keep: float = 0.6  # cbow: share of a user's liked movies drawn as context per step
-    users_per_step: int = 0  # cbow: users per optimiser step; 0: a hundredth of all users, >= 64
+    users_per_step: int = 0  # cbow: users per optimiser step; 0: a fiftieth of all users, >= 64
     softmax_samples: int = 2048  # cbow: over 5x this many movies, score a sample this big
     rating_weight: float = 0.5  # cbow: a target weighs 1 + rating_weight * (stars - 4)
     partners: int = 10  # partners drawn per liked movie per epoch, instead of all n^2 pairs

@@ -172,8 +172,9 @@ def _objective(
     baskets = corpus.baskets
     if config.objective == "cbow":
         users = np.flatnonzero(baskets.lengths > 0)
-        # Each step costs a pass of Adam over whole tables, so large data takes larger steps.
-        step = config.users_per_step or max(64, len(users) // 100)
+        # Each step costs a pass of Adam over whole tables, so large data takes larger steps
+        # (generated 1M ratings, 10k users: 100 -> 200 per step, NDCG@10 0.075 -> 0.076, -30% time).
+        step = config.users_per_step or max(64, len(users) // 50)
         # Scoring every movie is cheaper up to ~5x the sample (measured), and exact.
         sampled = len(counts) > 5 * config.softmax_samples
         sampler = SoftmaxSampler(counts, config) if sampled else None
