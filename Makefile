@@ -30,3 +30,5 @@ bench: $(BIN)/movierec
 	$(BIN)/python benchmarks/bench_core.py
 	$(BIN)/python benchmarks/bench_grpc.py --synthetic 62423
 	$(BIN)/python benchmarks/bench_grpc.py --synthetic 62423 --processes 2
+	$(BIN)/movierec train --data ../shared/data/ml-latest-small --out artifacts/mls --quiet
+	$(BIN)/python benchmarks/bench_ann.py --artifacts artifacts/mls
