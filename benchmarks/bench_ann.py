@@ -1,50 +1,28 @@
 """HNSW against exact search on a trained model: recall@10 and core latency, same run.
 
     python benchmarks/bench_ann.py --artifacts artifacts/mls
-    python benchmarks/bench_ann.py --artifacts artifacts/25m --copies 16   # a ~1M catalogue
 
 Random vectors are the worst case for a graph index (PERFORMANCE.md); trained embeddings are
 clustered, so this measures on an exported model: its index vectors and its own users'
 histories as queries (``Recommender.recommend``, watched movies excluded, k = 10). The exact
-answer is the artifact's flat index. ``--copies N`` grows the catalogue to N near-copies of
-every trained vector (each row plus Gaussian noise of a tenth of its norm), a stand-in for a
-catalogue N times larger with the same structure; users' histories stay on the original rows.
+answer is the artifact's flat index.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import time
 from pathlib import Path
 
 import faiss
 import numpy as np
 
-from movierec.artifacts import Artifacts, Movie, build_index, read_artifacts
+from movierec.artifacts import build_index, read_artifacts
 from server.recommender import Recommender
 
 K = 10
-
-
-def grown(artifacts: Artifacts, copies: int, seed: int = 0) -> tuple[Artifacts, np.ndarray]:
-    """The artifact with ``copies`` noisy copies of every indexed vector (original first),
-    and those index vectors."""
-    exact = artifacts.index.reconstruct_n(0, artifacts.index.ntotal)
-    if copies == 1:
-        return artifacts, exact
-    rng = np.random.default_rng(seed)
-    scale = 0.1 * np.linalg.norm(exact, axis=1, keepdims=True) / np.sqrt(exact.shape[1])
-    noisy = [exact + scale * rng.standard_normal(exact.shape, dtype=np.float32)
-             for _ in range(copies - 1)]  # fmt: skip
-    vectors = np.concatenate([exact, *noisy])
-    n = len(vectors)
-    movies = artifacts.movies + [Movie(int(i), f"Copy {i}", ()) for i in range(len(exact), n)]
-    ids = np.concatenate([artifacts.movie_ids, np.arange(10**9, 10**9 + n - len(exact))])
-    inputs = np.resize(artifacts.vectors, (n, artifacts.vectors.shape[1]))
-    index = build_index(vectors, "flat")
-    return dataclasses.replace(artifacts, movies=movies, movie_ids=ids, vectors=inputs,
-                               index=index), vectors  # fmt: skip
 
 
 def top(rec: Recommender, user: int) -> list[int]:
@@ -63,18 +41,18 @@ def latency(rec: Recommender, users: np.ndarray) -> np.ndarray:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--artifacts", type=Path, required=True, help="a model exported with flat")
-    p.add_argument("--copies", type=int, default=1)
     p.add_argument("--users", type=int, default=300)
     p.add_argument("--ef", default="32,64,128,256,512")
     p.add_argument("--hnsw-m", type=int, default=32)
     args = p.parse_args()
     faiss.omp_set_num_threads(1)  # searches run on one thread, as in the server
-    artifacts, vectors = grown(read_artifacts(args.artifacts), args.copies)
+    artifacts = read_artifacts(args.artifacts)
+    vectors = artifacts.index.reconstruct_n(0, artifacts.index.ntotal)
     users = np.random.default_rng(1).choice(artifacts.histories.user_ids, args.users, False)
     exact = Recommender(artifacts)
     truth = {int(u): set(top(exact, int(u))) for u in users}
     floor = latency(exact, users)
-    faiss.omp_set_num_threads(0)
+    faiss.omp_set_num_threads(os.cpu_count() or 1)  # the build may use every core
     start = time.perf_counter()
     graph = build_index(vectors, "hnsw", hnsw_m=args.hnsw_m)
     built = time.perf_counter() - start

@@ -87,11 +87,11 @@ def test_sampled_softmax_is_the_full_one_when_every_movie_is_drawn() -> None:
     )
     full = model.cbow_loss(*batch)
     everything = torch.arange(6)
-    sampled = model.sampled_cbow_loss(*batch, everything, torch.zeros(6))
+    sampled = model.cbow_loss(*batch, (everything, torch.zeros(6)))
     torch.testing.assert_close(sampled, full)
     # A partial sample with its correction is a different, finite estimate.
     sampler = SoftmaxSampler(np.array([5, 1, 1, 3, 1, 2]), TrainConfig(softmax_samples=3))
-    estimate = model.sampled_cbow_loss(*batch, sampler.draw(), sampler.log_inclusion)
+    estimate = model.cbow_loss(*batch, (sampler.draw(), sampler.log_inclusion))
     assert torch.isfinite(estimate) and not torch.equal(estimate, full)
 
 

@@ -7,9 +7,9 @@ Three losses. Over whole baskets:
   its input vectors is scored against every movie (output vector + bias, a full softmax) and
   every movie the user liked is a target. This is exactly what the server computes (normalised
   mean of the history, inner product with [output vector, bias]), so training optimises the
-  served ranking itself. On a large catalogue the softmax runs over a sample of movies instead
-  of all (``sampled_cbow_loss``): an estimate of the same objective at a cost that does not
-  grow with the catalogue.
+  served ranking itself. On a large catalogue the softmax runs over a sample of movies
+  instead of all (``cbow_loss`` with a ``sample``): an estimate of the same objective at a
+  cost that does not grow with the catalogue.
 
 Over co-watch pairs (movie1 -> movie2):
 
@@ -75,32 +75,22 @@ class ItemEmbeddings(nn.Module):
         target_user: torch.Tensor,
         target_weight: torch.Tensor,
         num_users: int,
+        sample: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """Weighted mean cross-entropy of every target given its user's context (users
-        0..num_users-1), over every movie."""
-        inp, out, bias = self.item_tables()
-        logits = _queries(inp, context, context_user, num_users) @ out.T + bias
-        nll = -F.log_softmax(logits, dim=1)[target_user, targets]
-        return (nll * target_weight).sum() / target_weight.sum()
+        0..num_users-1, entries grouped by user), over every movie.
 
-    def sampled_cbow_loss(
-        self,
-        context: torch.Tensor,
-        context_user: torch.Tensor,
-        targets: torch.Tensor,
-        target_user: torch.Tensor,
-        target_weight: torch.Tensor,
-        num_users: int,
-        samples: torch.Tensor,
-        log_inclusion: torch.Tensor,
-    ) -> torch.Tensor:
-        """``cbow_loss`` with the softmax's normaliser (the log of the sum of exp(score) over
-        every movie) estimated from ``samples`` (distinct movies, shared by the batch): each
-        sampled score is lowered by the log of its movie's probability of being in a sample
-        (``log_inclusion``, per movie). Targets are grouped by user, so the positive scores
-        are one weighted bag per user: no (targets x dim) tensor is ever built."""
+        With ``sample`` (distinct movies shared by the batch, and every movie's log
+        probability of being in a sample) the softmax's normaliser, the log of the sum of
+        exp(score) over every movie, is estimated from the sampled movies' scores, each
+        lowered by its log probability. The positive scores are then one weighted bag per
+        user: no (targets x dim) tensor is ever built."""
         inp, out, bias = self.item_tables()
         h = _queries(inp, context, context_user, num_users)
+        if sample is None:
+            nll = -F.log_softmax(h @ out.T + bias, dim=1)[target_user, targets]
+            return (nll * target_weight).sum() / target_weight.sum()
+        samples, log_inclusion = sample
         bias = bias - log_inclusion
         normaliser = torch.logsumexp(h @ out[samples].T + bias[samples], 1)
         liked = F.embedding_bag(targets, out, _starts(target_user, num_users), mode="sum",

@@ -218,11 +218,9 @@ def _cbow_step(
     weight = np.maximum(1.0 + config.rating_weight * (stars - 4.0), 0.05).astype(np.float32)
     optimizer.zero_grad(set_to_none=True)
     t = torch.from_numpy
-    batch = (t(context), t(context_user), t(targets), t(target_user), t(weight), len(users))
-    if sampler is None:
-        loss = model.cbow_loss(*batch)
-    else:
-        loss = model.sampled_cbow_loss(*batch, sampler.draw(), sampler.log_inclusion)
+    sample = None if sampler is None else (sampler.draw(), sampler.log_inclusion)
+    loss = model.cbow_loss(t(context), t(context_user), t(targets), t(target_user), t(weight),
+                           len(users), sample)  # fmt: skip
     loss.backward()  # type: ignore[no-untyped-call]
     optimizer.step()
     return loss.item(), len(users)
@@ -235,8 +233,8 @@ class SoftmaxSampler:
     def __init__(self, counts: npt.NDArray[np.int64], config: TrainConfig) -> None:
         weight = torch.from_numpy(counts.astype(np.float64) ** config.ns_exponent)
         self.draws, self.probability = config.softmax_samples, weight / weight.sum()
-        self.log_inclusion = (-torch.expm1(self.draws * torch.log1p(-self.probability))).log()
-        self.log_inclusion = self.log_inclusion.float()
+        log_missed = self.draws * torch.log1p(-self.probability)  # log P(in no draw)
+        self.log_inclusion = (-torch.expm1(log_missed)).log().float()
 
     def draw(self) -> torch.Tensor:
         drawn = torch.multinomial(self.probability, self.draws, replacement=True)
