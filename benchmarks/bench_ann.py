@@ -21,6 +21,7 @@ import numpy as np
 
 from movierec.artifacts import build_index, read_artifacts
 from server.recommender import Recommender
+from trainer.config import TrainConfig
 
 K = 10
 
@@ -42,8 +43,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--artifacts", type=Path, required=True, help="a model exported with flat")
     p.add_argument("--users", type=int, default=300)
-    p.add_argument("--ef", default="32,64,128,256,512")
-    p.add_argument("--hnsw-m", type=int, default=32)
+    p.add_argument("--ef", default="64,128,256,512,1024")
+    p.add_argument("--hnsw-m", type=int, default=TrainConfig.hnsw_m)
+    p.add_argument("--ef-construction", type=int, default=TrainConfig.ef_construction)
     args = p.parse_args()
     faiss.omp_set_num_threads(1)  # searches run on one thread, as in the server
     artifacts = read_artifacts(args.artifacts)
@@ -54,10 +56,11 @@ def main() -> None:
     floor = latency(exact, users)
     faiss.omp_set_num_threads(os.cpu_count() or 1)  # the build may use every core
     start = time.perf_counter()
-    graph = build_index(vectors, "hnsw", hnsw_m=args.hnsw_m)
+    graph = build_index(vectors, "hnsw", hnsw_m=args.hnsw_m, ef_construction=args.ef_construction)
     built = time.perf_counter() - start
     faiss.omp_set_num_threads(1)
     print(f"{len(vectors):,} movies x {vectors.shape[1]}, {args.users} users; HNSW M={args.hnsw_m} "
+          f"efConstruction {args.ef_construction} "
           f"built in {built:.0f}s; exact core p50 {np.median(floor):.0f} us")  # fmt: skip
     print(f"{'efSearch':>8} {'recall@10':>9} {'core p50 us':>11} {'p99':>7} {'vs exact':>8}")
     for ef in map(int, args.ef.split(",")):

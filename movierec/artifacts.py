@@ -282,13 +282,18 @@ INDEX_TYPES = {"flat": "IndexFlatIP", "fp16": "IndexScalarQuantizer", "hnsw": "I
 
 
 def build_index(
-    vectors: FloatArray, kind: str = "flat", hnsw_m: int = 32, ef_search: int = 128
+    vectors: FloatArray,
+    kind: str = "flat",
+    hnsw_m: int = 32,
+    ef_search: int = 128,
+    ef_construction: int = 200,
 ) -> faiss.Index:
     """The inner-product index over ``vectors``: ``flat`` is exact (the default); ``fp16``
     scans half the bytes (vectors stored as float16: ~2x faster where the scan is memory
     bound, top-10 recall 0.996-1.0 measured); ``hnsw`` is an approximate graph for catalogues
-    where a full scan is too slow (~1M movies). ``ef_search`` is stored in the index and is
-    the server's default search depth."""
+    where a full scan is too slow (~1M movies), built with ``hnsw_m`` neighbours per movie
+    and an ``ef_construction``-deep search for them. ``ef_search`` is stored in the index
+    and is the server's default search depth."""
     d = vectors.shape[1]
     index: faiss.Index
     if kind == "flat":
@@ -299,7 +304,7 @@ def build_index(
         )
     elif kind == "hnsw":
         graph = faiss.IndexHNSWFlat(d, hnsw_m, faiss.METRIC_INNER_PRODUCT)
-        graph.hnsw.efConstruction = max(2 * hnsw_m, 80)
+        graph.hnsw.efConstruction = ef_construction
         graph.hnsw.efSearch = ef_search
         index = graph
     else:

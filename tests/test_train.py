@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import faiss
 import numpy as np
 import pytest
 import torch
@@ -137,10 +138,13 @@ def test_resume_after_a_crash_gives_the_uninterrupted_result(
 
 
 def test_hnsw_export_round_trips(sample_dir: Path, tmp_path: Path) -> None:
-    config = TrainConfig(epochs=2, dim=16, index="hnsw", hnsw_m=8, ef_search=40)
+    config = TrainConfig(epochs=2, dim=16, index="hnsw", hnsw_m=8, ef_construction=30,
+                         ef_search=40)  # fmt: skip
     manifest = run_training(tmp_path / "a", config, data=sample_dir, show_progress=False)
     assert manifest["index"]["type"] == "IndexHNSWFlat"
     rec = Recommender(read_artifacts(tmp_path / "a"))
+    graph = faiss.downcast_index(rec.artifacts.index).hnsw
+    assert (graph.efConstruction, graph.efSearch) == (30, 40)
     assert len(rec.recommend(int(rec.artifacts.histories.user_ids[0]), 10).items) == 10
     with pytest.raises(ValueError, match="index must be flat, fp16 or hnsw"):
         TrainConfig(index="ivf")

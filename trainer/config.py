@@ -35,8 +35,9 @@ class TrainConfig:
     alpha: float = 1.0  # als: confidence per star of a liked rating
     batch_size: int = 4096  # sgns: pairs per step; softmax: 1/16 of it as movies per step
     index: str = "flat"  # "flat": exact; "fp16": half the bytes scanned; "hnsw": graph (~1M)
-    hnsw_m: int = 32  # hnsw: graph neighbours per movie
-    ef_search: int = 128  # hnsw: search depth (recall vs latency), stored in the index
+    hnsw_m: int = 64  # hnsw: graph neighbours per movie
+    ef_construction: int = 200  # hnsw: search depth while building (graph quality vs time)
+    ef_search: int = 512  # hnsw: search depth (recall vs latency), stored in the index
     seed: int = 0  # seeds sampling and initialisation: same seed, same artifact
     threads: int = 0  # torch intra-op threads; 0 = all cores
 
@@ -44,7 +45,7 @@ class TrainConfig:
         if self.objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}")
         for name in ("dim", "epochs", "partners", "negatives", "batch_size",
-                     "softmax_samples", "hnsw_m", "ef_search"):  # fmt: skip
+                     "softmax_samples", "hnsw_m", "ef_construction", "ef_search"):  # fmt: skip
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.users_per_step < 0:

@@ -50,7 +50,9 @@ def export(
     else:
         vectors = indexed = normalize_rows(embeddings.inp)
         aggregation["append_one"] = False
-    index = build_index(indexed, config.index, config.hnsw_m, config.ef_search)
+    index = build_index(
+        indexed, config.index, config.hnsw_m, config.ef_search, config.ef_construction
+    )
     settings = {"source": source, "source_movies": corpus.rated_movies,
                 "train_seconds": round(embeddings.seconds, 2), **asdict(config)}  # fmt: skip
     return write_artifacts(out, movies=corpus.movies, vectors=vectors, index=index,
