@@ -356,3 +356,15 @@ def test_health_answers_while_every_worker_is_busy(
         latencies, busy = asyncio.run(probe_during_burst(running.port))
     assert busy, "the burst ended before the probes; make it heavier"
     assert max(latencies) < 1.0, latencies
+
+
+def test_workers_search_with_one_openmp_thread(
+    loop_thread: LoopThread, recommender: Recommender
+) -> None:
+    import faiss
+
+    # OpenMP's thread count is per thread: a worker left at FAISS's default (all cores) spun
+    # a second core for every single-query search.
+    with server(loop_thread, recommender, ServerOptions(workers=2)) as running:
+        counts = [running.pool.submit(faiss.omp_get_max_threads) for _ in range(4)]
+        assert [f.result() for f in counts] == [1] * 4
