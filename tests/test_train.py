@@ -8,6 +8,7 @@ import faiss
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from movierec.artifacts import read_artifacts
@@ -94,6 +95,20 @@ def test_sampled_softmax_is_the_full_one_when_every_movie_is_drawn() -> None:
     sampler = SoftmaxSampler(np.array([5, 1, 1, 3, 1, 2]), TrainConfig(softmax_samples=3))
     estimate = model.cbow_loss(*batch, (sampler.draw(), sampler.log_inclusion))
     assert torch.isfinite(estimate) and not torch.equal(estimate, full)
+
+
+def test_sgns_loss_is_the_textbook_one() -> None:
+    torch.manual_seed(0)
+    model = ItemEmbeddings(7, 4)
+    nn.init.normal_(model.bias.weight)
+    centers, partners = torch.tensor([0, 3, 3]), torch.tensor([1, 2, 6])
+    negatives = torch.tensor([[4, 5], [0, 0], [6, 1]])
+    u, o, b = model.inp.weight, model.out.weight, model.bias.weight[:, 0]
+    per_pair = [
+        -F.logsigmoid(u[c] @ o[p] + b[p]) - sum(F.logsigmoid(-(u[c] @ o[n] + b[n])) for n in ns)
+        for c, p, ns in zip(centers, partners, negatives, strict=True)
+    ]
+    torch.testing.assert_close(model.sgns_loss(centers, partners, negatives), sum(per_pair) / 3)
 
 
 def test_sampler_inclusion_probabilities_match_its_draws() -> None:

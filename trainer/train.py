@@ -188,13 +188,16 @@ def _objective(
         return cbow_epoch, len(users), "user"
 
     keep = keep_probabilities(counts, config.subsample) if config.subsample > 0 else None
-    noise = torch.from_numpy(counts.astype(np.float64) ** config.ns_exponent)
+    # Negatives by inverse CDF: torch.multinomial took 0.06-0.6 s per 6M draws (depending on
+    # the weights), this 0.03 s.
+    noise_cdf = torch.from_numpy(np.cumsum(counts.astype(np.float64) ** config.ns_exponent))
+    noise_cdf /= float(noise_cdf[-1])
 
     def pair_epoch() -> Steps:
         for movie1, movie2 in iter_pair_chunks(baskets, config.partners, rng, keep,
                                                config.window):  # fmt: skip
             if config.objective == "sgns":
-                yield from _sgns_steps(model, optimizer, movie1, movie2, noise, config)
+                yield from _sgns_steps(model, optimizer, movie1, movie2, noise_cdf, config)
             else:
                 yield from _softmax_steps(model, optimizer, movie1, movie2, len(counts), config,
                                           rng)  # fmt: skip
@@ -247,11 +250,12 @@ def _sgns_steps(
     optimizer: torch.optim.Optimizer,
     movie1: npt.NDArray[np.int64],
     movie2: npt.NDArray[np.int64],
-    noise: torch.Tensor,
+    noise_cdf: torch.Tensor,
     config: TrainConfig,
 ) -> Steps:
     m1, m2 = torch.from_numpy(movie1), torch.from_numpy(movie2)
-    negatives = torch.multinomial(noise, len(m1) * config.negatives, replacement=True)
+    uniform = torch.rand(len(m1) * config.negatives, dtype=torch.float64)
+    negatives = torch.searchsorted(noise_cdf, uniform, right=True)  # first cdf above the draw
     negatives = negatives.view(len(m1), config.negatives)
     for s in range(0, len(m1), config.batch_size):
         batch = slice(s, s + config.batch_size)
