@@ -10,6 +10,11 @@ calls) at concurrency 1, 8 and 32, alternating two phases: ``grpc.health.v1.Heal
 (a trivial unary call through the same server, interceptor included: the floor) and
 Recommend with an inline history. Prints QPS, p50 and p99 per phase, Recommend's ratios to
 the floor, and the server's memory (RSS and PSS summed over its processes).
+
+With ``--h2load`` the measured calls come from h2load (``apt install nghttp2-client``), a C
+load generator that leaves the server the core a Python client holds on a 2-core machine; it
+replays one request body and sees HTTP statuses only, so each phase's warm-up goes through
+grpc.aio first, which fails on any status but OK.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -56,6 +62,29 @@ async def load(
     for c in channels:
         await c.close()
     return calls / wall, np.array(latencies) * 1e6
+
+
+def h2load(
+    port: int, method: str, payload: bytes, concurrency: int, calls: int
+) -> tuple[float, np.ndarray]:
+    """QPS and latencies (us) of ``calls`` unary calls from h2load, 4 streams per connection."""
+    connections = max(1, concurrency // 4)
+    with tempfile.TemporaryDirectory() as tmp:
+        body, log = Path(tmp) / "body", Path(tmp) / "log"
+        body.write_bytes(b"\0" + len(payload).to_bytes(4, "big") + payload)  # a gRPC frame
+        out = subprocess.run(
+            ["h2load", "-n", str(calls), "-c", str(connections), "-t", "1",
+             "-m", str(concurrency // connections), "-d", str(body),
+             "-H", "content-type: application/grpc", "-H", "te: trailers",
+             "--log-file", str(log), f"http://127.0.0.1:{port}{method}"],
+            capture_output=True, text=True, check=True,
+        ).stdout  # fmt: skip
+        if f"{calls} succeeded" not in out:
+            raise RuntimeError(f"h2load: not every call succeeded:\n{out}")
+        latencies = [int(line.split()[2]) for line in log.read_text().splitlines()]
+    qps = re.search(r"([\d.]+) req/s", out)
+    assert qps is not None, out
+    return float(qps.group(1)), np.array(latencies, dtype=float)
 
 
 def memory_kib(pid: int) -> tuple[int, int]:
@@ -115,15 +144,18 @@ def start_server(artifacts: Path, processes: int) -> tuple[subprocess.Popen[str]
     raise RuntimeError(f"server exited with {proc.wait()}")
 
 
-async def bench(port: int, recommend: list[bytes], calls: int) -> None:
+async def bench(port: int, recommend: list[bytes], calls: int, use_h2load: bool) -> None:
     floor_payload = [health_pb2.HealthCheckRequest().SerializeToString()]
     print(f"{'conc':>4} {'rpc':>10} {'QPS':>8} {'p50 us':>8} {'p99 us':>8} | vs floor")
     for c in (1, 8, 32):
         floor: tuple[float, float] = (0.0, 0.0)
         for name, method, payloads in (("floor", FLOOR, floor_payload),
                                        ("recommend", RECOMMEND, recommend)):  # fmt: skip
-            await load(port, method, payloads, c, min(200, calls))  # warm-up
-            qps, lat = await load(port, method, payloads, c, calls)
+            await load(port, method, payloads, c, min(200, calls))  # warm-up; raises if not OK
+            if use_h2load:
+                qps, lat = h2load(port, method, payloads[0], c, calls)
+            else:
+                qps, lat = await load(port, method, payloads, c, calls)
             p50, p99 = float(np.median(lat)), float(np.percentile(lat, 99))
             ratio = ""
             if name == "floor":
@@ -141,6 +173,7 @@ def main() -> None:
     p.add_argument("--processes", type=int, default=1)
     p.add_argument("--history", type=int, default=100, help="inline history length")
     p.add_argument("--calls", type=int, default=2000, help="calls per phase (bounded)")
+    p.add_argument("--h2load", action="store_true", help="measure with h2load, not grpc.aio")
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         artifacts = args.artifacts or synthetic_artifacts(
@@ -160,8 +193,9 @@ def main() -> None:
             print(f"catalogue {manifest['counts']['movies']} x {manifest['dim']} "
                   f"({manifest['index']['type']}), history "
                   f"{args.history}, k 10, {args.calls} calls per phase, {args.processes} server "
-                  f"process(es): RSS {rss / 1024:.0f} MiB, PSS {pss / 1024:.0f} MiB")  # fmt: skip
-            asyncio.run(bench(port, payloads, args.calls))
+                  f"process(es), {'h2load' if args.h2load else 'grpc.aio'} client: "
+                  f"RSS {rss / 1024:.0f} MiB, PSS {pss / 1024:.0f} MiB")  # fmt: skip
+            asyncio.run(bench(port, payloads, args.calls, args.h2load))
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=60)
