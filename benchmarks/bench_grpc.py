@@ -130,9 +130,13 @@ def synthetic_artifacts(out: Path, n: int, kind: str, d: int = 64) -> Path:
     return out
 
 
-def start_server(artifacts: Path, processes: int) -> tuple[subprocess.Popen[str], int]:
+def start_server(
+    artifacts: Path, processes: int, workers: int | None = None
+) -> tuple[subprocess.Popen[str], int]:
     cmd = [sys.executable, "-m", "movierec", "serve", "--artifacts", str(artifacts),
            "--port", "0", "--processes", str(processes), "--max-inflight", "1000"]  # fmt: skip
+    if workers is not None:
+        cmd += ["--workers", str(workers)]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
                             env=env)  # fmt: skip
@@ -171,6 +175,7 @@ def main() -> None:
     p.add_argument("--synthetic", type=int, default=62_423, help="catalogue size if no artifacts")
     p.add_argument("--index", default="flat", help="synthetic catalogue's index: flat, fp16, hnsw")
     p.add_argument("--processes", type=int, default=1)
+    p.add_argument("--workers", type=int, help="serve's --workers (default: its own)")
     p.add_argument("--history", type=int, default=100, help="inline history length")
     p.add_argument("--calls", type=int, default=2000, help="calls per phase (bounded)")
     p.add_argument("--h2load", action="store_true", help="measure with h2load, not grpc.aio")
@@ -187,13 +192,14 @@ def main() -> None:
         payloads = [pb.RecommendRequest(movie_ids=rng.choice(ids, args.history, replace=False)
                                         .tolist(), k=10).SerializeToString()
                     for _ in range(64)]  # fmt: skip
-        proc, port = start_server(artifacts, args.processes)
+        proc, port = start_server(artifacts, args.processes, args.workers)
         try:
             rss, pss = memory_kib(proc.pid)
             print(f"catalogue {manifest['counts']['movies']} x {manifest['dim']} "
                   f"({manifest['index']['type']}), history "
                   f"{args.history}, k 10, {args.calls} calls per phase, {args.processes} server "
-                  f"process(es), {'h2load' if args.h2load else 'grpc.aio'} client: "
+                  f"process(es), --workers {args.workers or 'default'}, "
+                  f"{'h2load' if args.h2load else 'grpc.aio'} client: "
                   f"RSS {rss / 1024:.0f} MiB, PSS {pss / 1024:.0f} MiB")  # fmt: skip
             asyncio.run(bench(port, payloads, args.calls, args.h2load))
         finally:

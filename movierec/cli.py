@@ -216,6 +216,8 @@ def _serve(args: argparse.Namespace) -> int:
 
     if args.processes < 1:
         raise UsageError("--processes must be at least 1")
+    if args.workers < 0:
+        raise UsageError("--workers must be 0 (run on the event loop) or more")
     try:
         return run(Path(args.artifacts), options, args.processes, args.grace, args.drain, ready)
     except SecurityConfigError as e:
@@ -383,8 +385,9 @@ def _add_serve_options(p: argparse.ArgumentParser) -> None:
         "--workers",
         type=int,
         default=int(os.environ.get("MOVIEREC_WORKERS", str(os.cpu_count() or 1))),
-        help="threads running searches (FAISS releases the GIL); default one per core "
-        "(env MOVIEREC_WORKERS)",
+        help="threads running searches (FAISS releases the GIL); default one per core; 0 runs "
+        "them on the event loop: faster for small catalogues, but each search holds up every "
+        "other call (env MOVIEREC_WORKERS)",
     )
     p.add_argument(
         "--metrics-port",

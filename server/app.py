@@ -41,7 +41,7 @@ MAX_MESSAGE_BYTES = 1 << 20  # a 10,000-id history is ~100 kB; nothing legitimat
 class ServerOptions:
     address: str = "127.0.0.1:0"  # host:port; port 0 picks a free one
     max_inflight: int = 64  # calls in progress before new ones get RESOURCE_EXHAUSTED
-    workers: int = 2  # threads running the core (FAISS releases the GIL): one per core
+    workers: int = 2  # threads running the core (FAISS releases the GIL); 0: on the event loop
     tokens: Tokens = field(default_factory=Tokens)  # bearer tokens; none = no authentication
     tls_cert: Path | None = None  # with tls_key: serve TLS
     tls_key: Path | None = None
@@ -59,13 +59,14 @@ class RunningServer:
     metrics: Metrics
     metrics_port: int | None
     artifacts: Path | None  # what reload() re-reads
-    pool: ThreadPoolExecutor
+    pool: ThreadPoolExecutor | None
     _reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     async def stop(self, grace: float | None) -> None:
         """Stop taking calls, let in-flight ones finish within ``grace`` seconds."""
         await self.server.stop(grace)
-        self.pool.shutdown(wait=False, cancel_futures=True)
+        if self.pool is not None:
+            self.pool.shutdown(wait=False, cancel_futures=True)
 
     async def reload(self) -> tuple[str, str, float]:
         """Verify and load the artifact directory again, then swap the model in one
@@ -116,9 +117,11 @@ async def build_server(
             ("grpc.so_reuseport", int(options.reuse_port)),
         ],
     )
-    pool = ThreadPoolExecutor(
-        options.workers, "movierec-worker", initializer=faiss.omp_set_num_threads, initargs=(1,)
-    )
+    pool = None
+    if options.workers > 0:
+        pool = ThreadPoolExecutor(
+            options.workers, "movierec-worker", faiss.omp_set_num_threads, (1,)
+        )
     servicer = RecommenderServicer(recommender, pool)
     recommender_pb2_grpc.add_RecommenderServiceServicer_to_server(servicer, server)
     health_servicer = health.aio.HealthServicer()

@@ -86,9 +86,10 @@ class DeadlineExpiredError(RecommenderError):
 class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
     """Handlers parse and validate on the event loop, then run the core on a worker pool:
     FAISS releases the GIL, so searches use every core, and the loop stays free to admit,
-    shed and health-check while workers are busy."""
+    shed and health-check while workers are busy. Without a pool the core runs on the loop
+    itself: no hand-off to a thread and back, but each search holds up every other call."""
 
-    def __init__(self, recommender: Recommender, pool: Executor) -> None:
+    def __init__(self, recommender: Recommender, pool: Executor | None) -> None:
         # Swapped as one reference on reload; each call reads it once, so an answer never
         # mixes two models.
         self.recommender = recommender
@@ -103,6 +104,8 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
                 raise DeadlineExpiredError("deadline passed while the call waited for a worker")
             return fn()
 
+        if self._pool is None:
+            return run()
         return await asyncio.get_running_loop().run_in_executor(self._pool, run)
 
     @_rpc

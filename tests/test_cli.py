@@ -274,6 +274,14 @@ def test_serve_refuses_a_damaged_artifact(artifacts_dir: Path, tmp_path: Path, d
     assert len(lines) == 1 and lines[0].startswith(f"movierec serve: error: {expected}"), lines
 
 
+def test_serve_refuses_negative_workers(artifacts_dir: Path) -> None:
+    result = run("movierec", "serve", "--artifacts", str(artifacts_dir), "--workers", "-1")
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        "movierec serve: error: --workers must be 0 (run on the event loop) or more"
+    )
+
+
 def test_train_reports_bad_data_in_one_line(tmp_path: Path) -> None:
     (tmp_path / "movies.csv").write_text("movieId,title,genres\n1,A (2000),Drama\n")
     (tmp_path / "ratings.csv").write_text("userId,movieId,rating,timestamp\n1,1,x,0\n")

@@ -368,3 +368,19 @@ def test_workers_search_with_one_openmp_thread(
     with server(loop_thread, recommender, ServerOptions(workers=2)) as running:
         counts = [running.pool.submit(faiss.omp_get_max_threads) for _ in range(4)]
         assert [f.result() for f in counts] == [1] * 4
+
+
+def test_without_workers_the_core_runs_on_the_event_loop(
+    loop_thread: LoopThread, recommender: Recommender
+) -> None:
+    movies = recommender.artifacts.movie_ids[:5].tolist()
+    answers = []
+    for workers in (0, 2):
+        with server(loop_thread, recommender, ServerOptions(workers=workers)) as running:
+            assert (running.pool is None) == (workers == 0)
+            with RecommenderClient(f"127.0.0.1:{running.port}") as c:
+                answers.append(c.recommend_for_movies(movies, 10))
+                with pytest.raises(grpc.RpcError) as e:  # errors map to their codes as before
+                    c.recommend_for_movies(movies, 0)
+                assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert answers[0] == answers[1] and len(answers[0].recommendations) == 10
