@@ -284,8 +284,8 @@ INDEX_TYPES = {"flat": "IndexFlatIP", "fp16": "IndexScalarQuantizer", "hnsw": "I
 def build_index(
     vectors: FloatArray,
     kind: str = "flat",
-    hnsw_m: int = 32,
-    ef_search: int = 128,
+    hnsw_m: int = 64,
+    ef_search: int = 512,
     ef_construction: int = 200,
 ) -> faiss.Index:
     """The inner-product index over ``vectors``: ``flat`` is exact (the default); ``fp16``

@@ -105,8 +105,8 @@ async def build_server(
     ``artifacts`` is the directory ``reload`` re-reads, ``load_seconds`` how long loading
     ``recommender`` took (a metric)."""
     # One OpenMP thread per search: parallelism comes from concurrent calls and processes.
-    # The setting is per thread, so the workers set it too: with FAISS's default of all
-    # cores a single query spun a second core (62k: Recommend c=1 p50 3.4 -> 2.7 ms without).
+    # The setting is per thread, so the workers set it too: left at FAISS's default (every
+    # core) a worker's single query spun a second core (62k: Recommend c=1 p50 3.4 vs 2.8 ms).
     faiss.omp_set_num_threads(1)
     metrics = Metrics()
     server = grpc.aio.server(
