@@ -25,7 +25,8 @@ from server.recommender import Recommender
 K = 10
 
 
-def synthetic(n: int, d: int, kind: str = "flat", seed: int = 0) -> Recommender:
+def synthetic_artifacts(n: int, d: int, kind: str = "flat", seed: int = 0) -> Artifacts:
+    """A catalogue of ``n`` random unit vectors, indexed as ``kind``, with no users."""
     rng = np.random.default_rng(seed)
     vectors = rng.standard_normal((n, d), dtype=np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
@@ -34,8 +35,7 @@ def synthetic(n: int, d: int, kind: str = "flat", seed: int = 0) -> Recommender:
     empty = Histories(np.zeros(0, np.int64), np.zeros(1, np.int64), np.zeros(0, np.int32),
                       np.zeros(0, np.float32))  # fmt: skip
     manifest = {"model_version": "bench", "aggregation": {"method": "mean"}}
-    return Recommender(Artifacts(manifest, movies, np.arange(1, n + 1, dtype=np.int64), vectors,
-                                 index, empty))  # fmt: skip
+    return Artifacts(manifest, movies, np.arange(1, n + 1, dtype=np.int64), vectors, index, empty)
 
 
 def timed(fn: object, repeats: int) -> np.ndarray:
@@ -58,7 +58,7 @@ def main() -> None:
           f"{'faiss p50 us':>12} {'p99':>7} | {'ratio p50':>9}")  # fmt: skip
     for n in sizes:
         for d in (64, 128):
-            rec = synthetic(n, d, args.index)
+            rec = Recommender(synthetic_artifacts(n, d, args.index))
             rng = np.random.default_rng(1)
             repeats = 300 if n < 100_000 else 15
             for h in (20, 200, 2000):

@@ -110,23 +110,14 @@ def _ppid(proc_dir: Path) -> int | None:
         return None
 
 
-def synthetic_artifacts(out: Path, n: int, kind: str, d: int = 64) -> Path:
-    from movierec.artifacts import Histories, Movie, build_index, write_artifacts
+def write_synthetic(out: Path, n: int, kind: str) -> Path:
+    from benchmarks.bench_core import synthetic_artifacts
+    from movierec.artifacts import write_artifacts
 
-    rng = np.random.default_rng(0)
-    vectors = rng.standard_normal((n, d), dtype=np.float32)
-    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    empty = Histories(np.zeros(0, np.int64), np.zeros(1, np.int64), np.zeros(0, np.int32),
-                      np.zeros(0, np.float32))  # fmt: skip
-    write_artifacts(
-        out,
-        movies=[Movie(i + 1, f"Movie {i + 1} (2000)", ("Drama",), 2000) for i in range(n)],
-        vectors=vectors,
-        index=build_index(vectors, kind),
-        histories=empty,
-        settings={"source": "synthetic"},
-        aggregation={"method": "mean"},
-    )
+    a = synthetic_artifacts(n, 64, kind)
+    write_artifacts(out, movies=a.movies, vectors=a.vectors, index=a.index,
+                    histories=a.histories, settings={"source": "synthetic"},
+                    aggregation=a.aggregation)  # fmt: skip
     return out
 
 
@@ -181,9 +172,7 @@ def main() -> None:
     p.add_argument("--h2load", action="store_true", help="measure with h2load, not grpc.aio")
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        artifacts = args.artifacts or synthetic_artifacts(
-            Path(tmp) / "a", args.synthetic, args.index
-        )
+        artifacts = args.artifacts or write_synthetic(Path(tmp) / "a", args.synthetic, args.index)
         from movierec.artifacts import read_manifest
 
         manifest = read_manifest(artifacts)
