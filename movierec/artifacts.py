@@ -35,6 +35,8 @@ import faiss
 import numpy as np
 import numpy.typing as npt
 
+from movierec.errors import ArtifactError
+
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 MOVIES = "movies.json"
@@ -46,10 +48,6 @@ _MAX_MANIFEST_BYTES = 1 << 20
 
 FloatArray = npt.NDArray[np.float32]
 IntArray = npt.NDArray[np.int64]
-
-
-class ArtifactError(Exception):
-    """An artifact directory is missing, incomplete, corrupt or of another format version."""
 
 
 @dataclass(frozen=True)
@@ -111,8 +109,12 @@ def write_artifacts(
     histories: Histories,
     settings: Mapping[str, Any],
     aggregation: Mapping[str, Any],
+    training: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write a complete artifact directory at ``out`` and return its manifest.
+
+    ``settings`` are the knobs the model was trained with; ``training`` is what happened
+    (loss per epoch, world size, settings chosen automatically and why): JSON values only.
 
     Everything is written to a temporary sibling directory and renamed into place, so a crash
     never leaves a half-written artifact; an existing ``out`` is replaced only once the new one
@@ -147,6 +149,7 @@ def write_artifacts(
             "created_at": created,
             "settings": dict(settings),
             "aggregation": dict(aggregation),
+            "training": dict(training or {}),
             "counts": {
                 "movies": len(movies),
                 "users": len(histories.user_ids),

@@ -20,14 +20,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from movierec.errors import MovierecError, UsageError
 from movierec.logs import configure_logging
 
 log = logging.getLogger("movierec")
 DEFAULT_TARGET = "localhost:50051"
-
-
-class UsageError(Exception):
-    """A problem the user can fix; printed as one line, no traceback."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -35,18 +32,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     configure_logging(logging.DEBUG if args.verbose else logging.INFO, args.log_format == "json")
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)
-    from movierec.artifacts import ArtifactError
-
     try:
         result: int = args.handler(args)
         return result
-    except (UsageError, ArtifactError, OSError) as e:
+    except (MovierecError, OSError) as e:
         print(f"movierec {args.command}: error: {e}", file=sys.stderr)
         return 1
     except Exception as e:
-        if type(e).__name__ in ("DataError", "DownloadError"):  # trainer's, imported lazily
-            print(f"movierec {args.command}: error: {e}", file=sys.stderr)
-            return 1
         import grpc
 
         if isinstance(e, grpc.RpcError):
@@ -172,15 +164,12 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     from server.app import ServerOptions
     from server.processes import run
-    from server.security import SecurityConfigError, Tokens
+    from server.security import Tokens
 
     tls = (args.tls_cert, args.tls_key)
     if any(tls) and not all(tls) or (args.tls_client_ca and not all(tls)):
         raise UsageError("--tls-cert and --tls-key go together (and --tls-client-ca needs both)")
-    try:
-        tokens = Tokens.load(args.tokens_file)
-    except SecurityConfigError as e:
-        raise UsageError(str(e)) from None
+    tokens = Tokens.load(args.tokens_file)
     options = ServerOptions(
         address=f"{args.host}:{args.port}",
         max_inflight=args.max_inflight,
@@ -218,10 +207,7 @@ def _serve(args: argparse.Namespace) -> int:
         raise UsageError("--processes must be at least 1")
     if args.workers < 0:
         raise UsageError("--workers must be 0 (run on the event loop) or more")
-    try:
-        return run(Path(args.artifacts), options, args.processes, args.grace, args.drain, ready)
-    except SecurityConfigError as e:
-        raise UsageError(str(e)) from None
+    return run(Path(args.artifacts), options, args.processes, args.grace, args.drain, ready)
 
 
 def _recommend(args: argparse.Namespace) -> int:

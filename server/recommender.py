@@ -21,6 +21,7 @@ import numpy as np
 import numpy.typing as npt
 
 from movierec.artifacts import Artifacts, Movie
+from movierec.errors import InvalidArgument, NotFound
 
 MAX_K = 1000  # results per call; FAISS allocates k-sized buffers per query
 MAX_HISTORY = 10_000  # inline watched movies per call
@@ -31,18 +32,6 @@ MAX_EXPLAIN = 100  # contributing movies named per recommendation
 # index always takes the selector: over-fetching would force its search depth up to k + that
 # many (62k trained model, efSearch 256, same recall: p99 1,027 vs 1,407 us).
 OVERFETCH_MIN, OVERFETCH_MAX = 128, 2_000
-
-
-class RecommenderError(Exception):
-    """Base of the errors a caller can cause."""
-
-
-class InvalidArgumentError(RecommenderError, ValueError):
-    """An argument outside what is allowed; the message says what is."""
-
-
-class NotFoundError(RecommenderError, LookupError):
-    """A user or movie the model does not know; the message names the id."""
 
 
 @dataclass(frozen=True)
@@ -114,7 +103,7 @@ class Recommender:
         _check_explain(explain)
         found = self._histories.lookup(user_id)
         if found is None:
-            raise NotFoundError(f"user {user_id} is not known to this model")
+            raise NotFound(f"user {user_id} is not known to this model")
         rows, ratings = found
         liked = ratings >= self._like_threshold
         used, stars = (rows[liked], ratings[liked]) if liked.any() else (rows, ratings)
@@ -126,17 +115,17 @@ class Recommender:
         self, movie_ids: Sequence[int], k: int, include_watched: bool = False, explain: int = 0
     ) -> Recommendations:
         """Top-k for an inline history (a new user). Unknown ids are skipped and reported;
-        if none is known, NotFoundError."""
+        if none is known, NotFound."""
         _check_k(k)
         _check_explain(explain)
         if not 1 <= len(movie_ids) <= MAX_HISTORY:
-            raise InvalidArgumentError(
+            raise InvalidArgument(
                 f"movie_ids must hold 1 to {MAX_HISTORY} ids, got {len(movie_ids)}"
             )
         rows, ignored = self._rows_of(movie_ids)
         if not len(rows):
             shown = ", ".join(map(str, ignored[:10])) + (", ..." if len(ignored) > 10 else "")
-            raise NotFoundError(f"none of the movie_ids is in the catalogue: {shown}")
+            raise NotFound(f"none of the movie_ids is in the catalogue: {shown}")
         ids, scores = self._search(self._aggregate(rows), k, None if include_watched else rows)
         return Recommendations(self._results(ids, scores, rows, None, explain), ignored)
 
@@ -147,10 +136,10 @@ class Recommender:
         return self._results(*self._search(self._aggregate(rows), k, rows), rows, None, 0)
 
     def _row_of(self, movie_id: int) -> npt.NDArray[np.int64]:
-        """The movie's row, as a 1-element array; NotFoundError if the model lacks it."""
+        """The movie's row, as a 1-element array; NotFound if the model lacks it."""
         rows, _ = self._rows_of([movie_id])
         if not len(rows):
-            raise NotFoundError(f"movie {movie_id} is not in the catalogue")
+            raise NotFound(f"movie {movie_id} is not in the catalogue")
         return rows
 
     def _rows_of(self, movie_ids: Sequence[int]) -> tuple[npt.NDArray[np.int64], list[int]]:
@@ -278,9 +267,9 @@ def _sorted_unique(a: npt.NDArray[np.integer]) -> npt.NDArray[np.int64]:
 
 def _check_explain(explain: int) -> None:
     if not 0 <= explain <= MAX_EXPLAIN:
-        raise InvalidArgumentError(f"explain must be between 0 and {MAX_EXPLAIN}, got {explain}")
+        raise InvalidArgument(f"explain must be between 0 and {MAX_EXPLAIN}, got {explain}")
 
 
 def _check_k(k: int) -> None:
     if not 1 <= k <= MAX_K:
-        raise InvalidArgumentError(f"k must be between 1 and {MAX_K}, got {k}")
+        raise InvalidArgument(f"k must be between 1 and {MAX_K}, got {k}")

@@ -15,11 +15,9 @@ from pathlib import Path
 
 import grpc
 
+from movierec.errors import UsageError
+
 TOKENS_ENV = "MOVIEREC_TOKENS"
-
-
-class SecurityConfigError(ValueError):
-    """A TLS or token setting that cannot work; the message says which file and why."""
 
 
 @dataclass(frozen=True)
@@ -35,12 +33,12 @@ class Tokens:
             try:
                 lines = file.read_text().splitlines()
             except OSError as e:
-                raise SecurityConfigError(f"cannot read tokens file {file}: {e.strerror}") from e
+                raise UsageError(f"cannot read tokens file {file}: {e.strerror}") from e
         raw = os.environ.get(TOKENS_ENV, "") if env is None else env
         lines += raw.split(",")
         values = tuple(t.encode() for t in (x.split("#")[0].strip() for x in lines) if t)
         if file is not None and not values:
-            raise SecurityConfigError(f"tokens file {file} holds no token")
+            raise UsageError(f"tokens file {file} holds no token")
         return cls(values)
 
     @property
@@ -69,9 +67,9 @@ def server_credentials(
         try:
             data = path.read_bytes()
         except OSError as e:
-            raise SecurityConfigError(f"cannot read {what} {path}: {e.strerror}") from e
+            raise UsageError(f"cannot read {what} {path}: {e.strerror}") from e
         if b"-----BEGIN" not in data:
-            raise SecurityConfigError(f"{what} {path} is not PEM")
+            raise UsageError(f"{what} {path} is not PEM")
         return data
 
     return grpc.ssl_server_credentials(

@@ -14,15 +14,10 @@ from typing import Any, TypeVar
 
 import grpc
 
+from movierec.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, StatusError
 from movierec.v1 import recommender_pb2 as pb
 from movierec.v1 import recommender_pb2_grpc as pb_grpc
-from server.recommender import (
-    InvalidArgumentError,
-    NotFoundError,
-    Recommender,
-    RecommenderError,
-    Scored,
-)
+from server.recommender import Recommender, Scored
 
 log = logging.getLogger(__name__)
 
@@ -33,16 +28,6 @@ Servicer = TypeVar("Servicer")
 Handler = Callable[[Servicer, Req, Context], Awaitable[Resp]]
 
 
-def _status_of(error: RecommenderError) -> grpc.StatusCode:
-    if isinstance(error, NotFoundError):
-        return grpc.StatusCode.NOT_FOUND
-    if isinstance(error, InvalidArgumentError):
-        return grpc.StatusCode.INVALID_ARGUMENT
-    if isinstance(error, DeadlineExpiredError):
-        return grpc.StatusCode.DEADLINE_EXCEEDED
-    return grpc.StatusCode.FAILED_PRECONDITION
-
-
 def _rpc(handler: Handler[Servicer, Req, Resp]) -> Handler[Servicer, Req, Resp]:
     """Map domain errors to their status code and anything unexpected to INTERNAL, logged
     here with its traceback and never sent to the client."""
@@ -51,8 +36,8 @@ def _rpc(handler: Handler[Servicer, Req, Resp]) -> Handler[Servicer, Req, Resp]:
     async def wrapper(self: Servicer, request: Req, context: Context) -> Resp:
         try:
             return await handler(self, request, context)
-        except RecommenderError as e:
-            await context.abort(_status_of(e), str(e))
+        except StatusError as e:
+            await context.abort(grpc.StatusCode[e.code], e.message)
         except grpc.aio.AbortError:
             raise
         except Exception:
@@ -75,14 +60,6 @@ def _recommendation(item: Scored) -> pb.Recommendation:
     return out
 
 
-class ReloadError(RecommenderError):
-    """The artifact directory could not be loaded; the old model keeps serving."""
-
-
-class DeadlineExpiredError(RecommenderError):
-    """The caller's deadline passed while the call waited for a worker."""
-
-
 class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
     """Handlers parse and validate on the event loop, then run the core on a worker pool:
     FAISS releases the GIL, so searches use every core, and the loop stays free to admit,
@@ -101,7 +78,7 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
 
         def run() -> Resp:
             if deadline is not None and time.monotonic() >= deadline:
-                raise DeadlineExpiredError("deadline passed while the call waited for a worker")
+                raise DeadlineExceeded("deadline passed while the call waited for a worker")
             return fn()
 
         if self._pool is None:
@@ -115,7 +92,7 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
         rec = self.recommender
         has_user = request.HasField("user_id")
         if has_user == bool(request.movie_ids):
-            raise InvalidArgumentError("set exactly one of user_id or movie_ids")
+            raise InvalidArgument("set exactly one of user_id or movie_ids")
 
         def work() -> pb.RecommendResponse:
             if has_user:
@@ -168,7 +145,9 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
         try:
             version, previous, seconds = await self._reload()
         except Exception as e:
-            raise ReloadError(f"reload refused, still serving the previous model: {e}") from e
+            raise FailedPrecondition(
+                f"reload refused, still serving the previous model: {e}"
+            ) from e
         return pb.ReloadModelResponse(
             model_version=version, previous_model_version=previous, load_seconds=seconds
         )

@@ -15,13 +15,13 @@ import pytest
 
 from movierec import artifacts
 from movierec.artifacts import (
-    ArtifactError,
     Histories,
     Movie,
     read_artifacts,
     read_manifest,
     write_artifacts,
 )
+from movierec.errors import ArtifactError
 
 
 def tiny(out: Path, n: int = 5, dim: int = 4) -> dict:

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from trainer.download import DownloadError, download
+from movierec.errors import DownloadError
+from trainer.download import download
 from trainer.movielens import load
 
 U_DATA = "1\t10\t4\t881250949\n1\t20\t5\t881250950\n2\t10\t3\t881250951\n"

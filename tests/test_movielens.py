@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from trainer.movielens import DataError, detect_layout, load, parse_title, read_ratings
+from movierec.errors import DataError
+from trainer.movielens import detect_layout, load, parse_title, read_ratings
 
 
 def write(folder: Path, files: dict[str, str | bytes]) -> Path:

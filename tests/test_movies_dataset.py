@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from trainer.movielens import DataError, load
+from movierec.errors import DataError
+from trainer.movielens import load
 
 METADATA = """adult,belongs_to_collection,budget,genres,homepage,id,imdb_id,original_language,original_title,overview,popularity,poster_path,production_companies,production_countries,release_date,revenue,runtime,spoken_languages,status,tagline,title,video,vote_average,vote_count
 False,,30000000,"[{'id': 16, 'name': 'Animation'}, {'id': 35, 'name': 'Comedy'}, {'id': 10751, 'name': 'Family'}]",,862,tt0114709,en,Toy Story,"Led by Woody, Andy's toys live happily",21.9,/a.jpg,[],[],1995-10-30,373554033,81.0,[],Released,,Toy Story,False,7.7,5415

@@ -23,6 +23,7 @@ from cryptography.x509.oid import NameOID
 
 from movierec.artifacts import read_artifacts
 from movierec.client import RecommenderClient
+from movierec.errors import UsageError
 from movierec.v1 import recommender_pb2 as pb
 from movierec.v1 import recommender_pb2_grpc as pb_grpc
 from server.app import RunningServer, ServerOptions, build_server
@@ -84,7 +85,7 @@ def test_tokens_file(tmp_path: Path) -> None:
     file.write_text("# ops\nalpha\n\nbeta  # ci\n")
     assert Tokens.load(file, env="").values == (b"alpha", b"beta")
     file.write_text("# nothing\n")
-    with pytest.raises(ValueError, match="holds no token"):
+    with pytest.raises(UsageError, match="holds no token"):
         Tokens.load(file, env="")
     assert not Tokens.load(env="").enabled
 

@@ -8,13 +8,12 @@ import numpy as np
 import pytest
 
 from movierec.artifacts import build_index
+from movierec.errors import InvalidArgument, NotFound
 from server.recommender import (
     MAX_EXPLAIN,
     MAX_HISTORY,
     MAX_K,
     OVERFETCH_MIN,
-    InvalidArgumentError,
-    NotFoundError,
     Recommender,
 )
 
@@ -60,7 +59,7 @@ def test_unknown_inline_ids_are_skipped_and_reported(recommender: Recommender) -
     got = recommender.recommend_for_movies([known, -5, 10**12], 5)
     assert got.ignored_movie_ids == [-5, 10**12]
     assert len(got.items) == 5
-    with pytest.raises(NotFoundError, match="none of the movie_ids is in the catalogue: -5, 7"):
+    with pytest.raises(NotFound, match="none of the movie_ids is in the catalogue: -5, 7"):
         recommender.recommend_for_movies([-5, 7_000_000], 5)
 
 
@@ -101,25 +100,25 @@ def test_similar_excludes_the_movie_itself(recommender: Recommender) -> None:
 @pytest.mark.parametrize("k", [0, -1, MAX_K + 1, 2**31 - 1])
 def test_k_out_of_range(recommender: Recommender, k: int) -> None:
     user = int(recommender.artifacts.histories.user_ids[0])
-    with pytest.raises(InvalidArgumentError, match=f"k must be between 1 and {MAX_K}, got {k}"):
+    with pytest.raises(InvalidArgument, match=f"k must be between 1 and {MAX_K}, got {k}"):
         recommender.recommend(user, k)
-    with pytest.raises(InvalidArgumentError):
+    with pytest.raises(InvalidArgument):
         recommender.similar(int(recommender.artifacts.movie_ids[0]), k)
 
 
 def test_history_size_limits(recommender: Recommender) -> None:
-    with pytest.raises(InvalidArgumentError, match="movie_ids must hold 1 to"):
+    with pytest.raises(InvalidArgument, match="movie_ids must hold 1 to"):
         recommender.recommend_for_movies([], 5)
-    with pytest.raises(InvalidArgumentError, match="movie_ids must hold 1 to"):
+    with pytest.raises(InvalidArgument, match="movie_ids must hold 1 to"):
         recommender.recommend_for_movies([1] * (MAX_HISTORY + 1), 5)
 
 
 def test_unknown_ids(recommender: Recommender) -> None:
-    with pytest.raises(NotFoundError, match="user 123456789 is not known"):
+    with pytest.raises(NotFound, match="user 123456789 is not known"):
         recommender.recommend(123456789, 5)
-    with pytest.raises(NotFoundError, match="movie 987654 is not in the catalogue"):
+    with pytest.raises(NotFound, match="movie 987654 is not in the catalogue"):
         recommender.similar(987654, 5)
-    with pytest.raises(NotFoundError, match="movie 987654"):
+    with pytest.raises(NotFound, match="movie 987654"):
         recommender.movie(987654)
 
 
@@ -171,7 +170,7 @@ def test_explanations_name_the_top_contributors(recommender: Recommender) -> Non
 
 @pytest.mark.parametrize("explain", [-1, MAX_EXPLAIN + 1])
 def test_explain_out_of_range(recommender: Recommender, explain: int) -> None:
-    with pytest.raises(InvalidArgumentError, match=f"explain must be between 0 and {MAX_EXPLAIN}"):
+    with pytest.raises(InvalidArgument, match=f"explain must be between 0 and {MAX_EXPLAIN}"):
         recommender.recommend_for_movies(
             [int(recommender.artifacts.movie_ids[0])], 5, explain=explain
         )

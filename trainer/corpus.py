@@ -11,7 +11,8 @@ import numpy.typing as npt
 import pandas as pd
 
 from movierec.artifacts import Histories, Movie
-from trainer.movielens import DataError, MovieLens
+from movierec.errors import DataError
+from trainer.movielens import MovieLens
 from trainer.pairs import Baskets
 
 

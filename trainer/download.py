@@ -21,13 +21,11 @@ from pathlib import Path, PurePosixPath
 
 from tqdm import tqdm
 
+from movierec.errors import DownloadError
+
 BASE_URL = "https://files.grouplens.org/datasets/movielens"
 RELEASES = ("ml-latest-small", "ml-100k", "ml-1m", "ml-25m")
 CHUNK = 1 << 20
-
-
-class DownloadError(Exception):
-    """The release could not be fetched, did not match its checksum, or is not a safe zip."""
 
 
 def download(

@@ -20,7 +20,8 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-from server.recommender import NotFoundError, Recommender
+from movierec.errors import NotFound
+from server.recommender import Recommender
 
 RELEVANT_RATING = 4.0
 METRICS = ("recall@10", "recall@20", "ndcg@10", "hitrate@10", "coverage@10")
@@ -92,7 +93,7 @@ def evaluate(recommender: Recommender, test: pd.DataFrame) -> dict[str, Scores]:
     def model(user: int) -> list[int]:
         try:
             return [s.movie.movie_id for s in recommender.recommend(user, 20).items]
-        except NotFoundError:  # no usable training history: nothing to recommend
+        except NotFound:  # no usable training history: nothing to recommend
             return []
 
     return {

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from movierec.artifacts import Movie
+from movierec.errors import DataError
 
 RATING_COLUMNS = ["user_id", "movie_id", "rating", "timestamp"]
 # ml-100k's u.genre, in flag order (used when u.genre itself is absent).
@@ -31,10 +32,6 @@ GENRES_100K = [
 ]  # fmt: skip
 _YEAR = re.compile(r"\((\d{4})(?:[-–]\d{0,4})?\)\s*$")
 _NO_GENRES = {"(no genres listed)", ""}
-
-
-class DataError(Exception):
-    """Input data that cannot be used, with the file and line or column that is wrong."""
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,8 @@ import numpy as np
 import pandas as pd
 
 from movierec.artifacts import Movie
-from trainer.movielens import DataError, MovieLens, _read, _read_ratings
+from movierec.errors import DataError
+from trainer.movielens import MovieLens, _read, _read_ratings
 
 log = logging.getLogger(__name__)
 METADATA = "movies_metadata.csv"
