@@ -11,7 +11,8 @@ WORKDIR /src
 # Dependencies first: this layer is rebuilt only when pyproject.toml changes.
 COPY pyproject.toml README.md ./
 RUN python -c "import tomllib; d = tomllib.load(open('pyproject.toml', 'rb')); \
-print('\n'.join(d['project']['dependencies']))" > requirements.txt \
+p = d['project']; print('\n'.join(p['dependencies'] + p['optional-dependencies']['server']))" \
+    > requirements.txt \
  && pip install -r requirements.txt
 COPY movierec/ movierec/
 COPY server/ server/

@@ -1,3 +1,3 @@
 """movierec: vector-search movie recommendations over gRPC."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

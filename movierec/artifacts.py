@@ -1,35 +1,49 @@
 """The artifact directory: the only thing the trainer and the server share.
 
-Layout (format version 1)::
+Layout (format version 2)::
 
-    manifest.json    format_version, model_version, settings, counts, index facts, and the
-                     size and sha256 of every other file (written last)
-    movies.json      [{"movie_id", "title", "genres": [...], "year": int | null}, ...]
-    vectors.npy      float32 (movies, dim), unit rows: what a query aggregates, row i = movies[i]
-    index.faiss      FAISS inner-product index whose id i is row i of the catalogue; its
-                     dimension is dim, or dim + 1 when aggregation.append_one is set (the
-                     query is then [normalised mean, 1] and the extra dimension a bias)
+    manifest.json    format_version, model_version, settings, training, aggregation, id kinds,
+                     counts, index facts, and the size and sha256 of every other file
+                     (written last)
+    movies.json      the catalogue: [{"movie_id", "title", "genres": [...], "year"}, ...]; the
+                     first counts.movies entries are the indexed rows (row i = entry i), the
+                     rest are catalogued movies without a vector
+    vectors.npy      float32 (movies, dim): what a query aggregates, row i = movies[i]
+    index.faiss      FAISS inner-product index whose id i is row i; its dimension is dim, or
+                     dim + 1 when the aggregation appends a 1 (the extra dimension is a bias)
     histories.npz    each user's training history as CSR: user_ids, indptr, rows, ratings
 
-Reader and writer live side by side here. The reader verifies every checksum before a file
-is parsed (FAISS loads many damaged files without complaint and a flipped header bit can make
-it allocate tens of GiB), then checks that what it loaded matches the manifest. Nothing is
-pickled. Imports stay light (stdlib, numpy, faiss) so the server never pulls in torch or pandas.
+Ids are the user's own: integers (MovieLens) or strings (UUIDs, SKUs), one kind per artifact
+for users and one for movies, recorded in ``manifest["ids"]``.
+
+Reader and writer live side by side and check the same rules. The reader resolves the
+directory once, reads every file once into memory, verifies the sha256 of exactly the bytes it
+then parses, and checks that the manifest's model_version names that content: a directory
+switched or rewritten during a load can fail the load, never mix two models, and a loaded model
+does not depend on the files afterwards. Every claim a file makes about sizes is bounded by its
+real size before anything is allocated (an .npy header, a FAISS vector length, a zip member),
+and every field and array is checked for meaning (finite numbers, unique ids, consistent
+shapes). Nothing is pickled. Imports stay light (stdlib, numpy, faiss): the server never pulls
+in torch or pandas.
 """
 
 from __future__ import annotations
 
-import ctypes
+import dataclasses
 import hashlib
+import io
 import json
+import math
 import os
 import shutil
 import tempfile
+import threading
 import time
-from collections.abc import Mapping
+import zipfile
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Literal
 
 import faiss
 import numpy as np
@@ -37,22 +51,29 @@ import numpy.typing as npt
 
 from movierec.errors import ArtifactError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
 MOVIES = "movies.json"
 VECTORS = "vectors.npy"
 INDEX = "index.faiss"
 HISTORIES = "histories.npz"
 DATA_FILES = (MOVIES, VECTORS, INDEX, HISTORIES)
+HISTORY_ARRAYS = ("user_ids", "indptr", "rows", "ratings")
+INDEX_TYPES = {"flat": "IndexFlatIP", "fp16": "IndexScalarQuantizer", "hnsw": "IndexHNSWFlat"}
+MAX_ID_CHARS = 256  # string ids longer than this are refused (they are stored fixed-width)
+MAX_DIM = 4096
 _MAX_MANIFEST_BYTES = 1 << 20
+_MAX_MOVIE_JSON_BYTES = 4096  # per catalogue entry, for the size bound of movies.json
 
+Key = int | str  # a user or movie id as the data gave it
+IdKind = Literal["int", "str"]
 FloatArray = npt.NDArray[np.float32]
 IntArray = npt.NDArray[np.int64]
 
 
 @dataclass(frozen=True)
 class Movie:
-    movie_id: int
+    movie_id: Key
     title: str
     genres: tuple[str, ...]
     year: int | None = None
@@ -61,17 +82,21 @@ class Movie:
 @dataclass(frozen=True)
 class Histories:
     """Users' training histories in CSR form: user ``user_ids[u]`` watched catalogue rows
-    ``rows[indptr[u]:indptr[u + 1]]`` with ``ratings`` alongside. ``user_ids`` is sorted."""
+    ``rows[indptr[u]:indptr[u + 1]]`` with ``ratings`` alongside. ``user_ids`` is sorted and
+    holds int64 ids, or fixed-width strings for data with string user ids."""
 
-    user_ids: IntArray
+    user_ids: npt.NDArray[Any]
     indptr: IntArray
     rows: npt.NDArray[np.int32]
     ratings: FloatArray
 
-    def lookup(self, user_id: int) -> tuple[npt.NDArray[np.int32], FloatArray] | None:
+    def lookup(self, user_id: Key) -> tuple[npt.NDArray[np.int32], FloatArray] | None:
         """(rows, ratings) of one user, or None for a user the model does not know."""
-        u = int(np.searchsorted(self.user_ids, user_id))
-        if u == len(self.user_ids) or self.user_ids[u] != user_id:
+        key = as_key(user_id, id_kind(self.user_ids))
+        if key is None:
+            return None
+        u = int(np.searchsorted(self.user_ids, key))
+        if u == len(self.user_ids) or self.user_ids[u] != key:
             return None
         start, stop = self.indptr[u], self.indptr[u + 1]
         return self.rows[start:stop], self.ratings[start:stop]
@@ -82,10 +107,41 @@ class Histories:
 
 
 @dataclass(frozen=True)
+class MeanAggregation:
+    """The query is the normalised (weighted) mean of the history's vectors; with
+    ``append_one`` a constant 1 follows, scoring the index's last dimension as a bias."""
+
+    method: ClassVar[str] = "mean"
+    like_threshold: float  # a training history's ratings >= this are aggregated
+    append_one: bool
+
+
+@dataclass(frozen=True)
+class AlsAggregation:
+    """The query is ALS's least-squares fold-in of the history over the item factors:
+    (Y'Y + regularization I + sum (c-1) y y')^-1 sum c y, with c = alpha * stars."""
+
+    method: ClassVar[str] = "als"
+    like_threshold: float
+    regularization: float
+    alpha: float
+    inline_stars: float  # the stars an inline history's movies count as
+
+
+Aggregation = MeanAggregation | AlsAggregation
+_AGGREGATIONS: dict[str, type[MeanAggregation] | type[AlsAggregation]] = {
+    "mean": MeanAggregation,
+    "als": AlsAggregation,
+}
+
+
+@dataclass(frozen=True)
 class Artifacts:
     manifest: dict[str, Any]
-    movies: list[Movie]
-    movie_ids: IntArray  # row -> MovieLens id, the inverse of row_of
+    aggregation: Aggregation
+    movies: list[Movie]  # the indexed rows: row i is movies[i]
+    unindexed: list[Movie]  # catalogued movies without a vector
+    movie_ids: npt.NDArray[Any]  # row -> id (int64, or fixed-width str), the inverse of row_of
     vectors: FloatArray
     index: faiss.Index
     histories: Histories
@@ -95,63 +151,101 @@ class Artifacts:
         return str(self.manifest["model_version"])
 
     @property
-    def aggregation(self) -> dict[str, Any]:
-        """How the server turns a history into a query (see trainer.export)."""
-        return dict(self.manifest["aggregation"])
+    def movie_kind(self) -> IdKind:
+        kind: IdKind = self.manifest["ids"]["movies"]
+        return kind
+
+
+# --- ids -------------------------------------------------------------------------------------
+
+
+def id_kind(ids: npt.NDArray[Any]) -> IdKind:
+    """'int' for an int64 id array, 'str' for a fixed-width string one."""
+    return "str" if ids.dtype.kind == "U" else "int"
+
+
+def as_key(key: Key, kind: IdKind) -> Key | None:
+    """``key`` in an artifact's id kind: 42 and "42" name the same movie either way; None when
+    it cannot be one (a non-numeric string where ids are integers)."""
+    if kind == "str":
+        return str(key)
+    if isinstance(key, int):
+        return key
+    try:
+        value = int(key, 10)
+    except ValueError:
+        return None
+    return value if str(value) == key and -(2**63) <= value < 2**63 else None
+
+
+def id_array(ids: Sequence[Key], kind: IdKind) -> npt.NDArray[Any]:
+    """Ids as the array the artifact stores: int64, or fixed-width unicode."""
+    if kind == "int":
+        return np.array(ids, dtype=np.int64)
+    return np.array(ids, dtype=f"<U{max([1, *map(len, ids)])}")  # type: ignore[arg-type]
+
+
+# --- writing ---------------------------------------------------------------------------------
 
 
 def write_artifacts(
     out: Path,
     *,
-    movies: list[Movie],
+    movies: Sequence[Movie],
     vectors: FloatArray,
     index: faiss.Index,
     histories: Histories,
     settings: Mapping[str, Any],
-    aggregation: Mapping[str, Any],
+    aggregation: Aggregation,
     training: Mapping[str, Any] | None = None,
+    unindexed: Sequence[Movie] = (),
 ) -> dict[str, Any]:
     """Write a complete artifact directory at ``out`` and return its manifest.
 
+    ``movies`` are the indexed rows, ``unindexed`` catalogued movies without a vector.
     ``settings`` are the knobs the model was trained with; ``training`` is what happened
     (loss per epoch, world size, settings chosen automatically and why): JSON values only.
 
     Everything is written to a temporary sibling directory and renamed into place, so a crash
     never leaves a half-written artifact; an existing ``out`` is replaced only once the new one
-    is complete.
+    is complete. Temporary directories left by killed exports are removed.
     """
-    _check_consistent(movies, vectors, index, histories)
+    catalogue = [*movies, *unindexed]
+    kinds = {"users": id_kind(histories.user_ids), "movies": _movie_kind(catalogue)}
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    _check_catalogue(catalogue, kinds["movies"], "movies")
+    _check_arrays(vectors, index, histories, len(movies), aggregation, kinds["users"], "")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    _remove_abandoned(out)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=out.parent))
     try:
+        # mkdtemp makes 0700; a server running as another user (the container) must read it.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)
         with open(tmp / MOVIES, "w", encoding="utf-8") as f:
-            json.dump([_movie_to_json(m) for m in movies], f, ensure_ascii=False)
-        np.save(tmp / VECTORS, np.ascontiguousarray(vectors, dtype=np.float32))
+            json.dump([_movie_to_json(m) for m in catalogue], f, ensure_ascii=False)
+        np.save(tmp / VECTORS, vectors)
         faiss.write_index(index, str(tmp / INDEX))
         with open(tmp / HISTORIES, "wb") as f:
-            np.savez(
-                f,
-                user_ids=histories.user_ids,
-                indptr=histories.indptr,
-                rows=histories.rows,
-                ratings=histories.ratings,
-            )
+            np.savez(f, **{name: getattr(histories, name) for name in HISTORY_ARRAYS})
         files = {
-            name: {"bytes": (tmp / name).stat().st_size, "sha256": _sha256(tmp / name)}
+            name: {"bytes": (tmp / name).stat().st_size, "sha256": _sha256_file(tmp / name)}
             for name in DATA_FILES
         }
-        digest = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
         created = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         manifest = {
             "format_version": FORMAT_VERSION,
-            "model_version": f"{created}-{digest[:12]}",
+            "model_version": _model_version(created, files),
             "created_at": created,
             "settings": dict(settings),
-            "aggregation": dict(aggregation),
             "training": dict(training or {}),
+            "aggregation": {"method": aggregation.method, **dataclasses.asdict(aggregation)},
+            "ids": kinds,
             "counts": {
                 "movies": len(movies),
+                "catalogue": len(catalogue),
                 "users": len(histories.user_ids),
                 "ratings": histories.num_ratings,
             },
@@ -168,120 +262,348 @@ def write_artifacts(
     return manifest
 
 
+# --- reading ---------------------------------------------------------------------------------
+
+
 def read_manifest(path: Path) -> dict[str, Any]:
     """Read and check the manifest alone (cheap; no data file is touched)."""
-    path = Path(path)
-    if not path.is_dir():
-        raise ArtifactError(f"{path}: not an artifact directory (no such directory)")
-    mpath = path / MANIFEST
-    try:
-        size = mpath.stat().st_size
-        if size > _MAX_MANIFEST_BYTES:
-            raise ArtifactError(f"{mpath}: {size} bytes, larger than any manifest")
-        manifest = json.loads(mpath.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ArtifactError(f"{mpath}: missing; is this an artifact directory?") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ArtifactError(f"{mpath}: not valid JSON ({e})") from None
-    if not isinstance(manifest, dict):
-        raise ArtifactError(f"{mpath}: expected a JSON object")
-    version = manifest.get("format_version")
-    if version != FORMAT_VERSION:
-        raise ArtifactError(
-            f"{mpath}: format_version {version!r}; this movierec reads version {FORMAT_VERSION}"
-        )
-    for key in ("model_version", "aggregation", "counts", "dim", "index", "files"):
-        if key not in manifest:
-            raise ArtifactError(f"{mpath}: missing field {key!r}")
-    return manifest
-
-
-def verify_files(path: Path, manifest: Mapping[str, Any]) -> None:
-    """Check every data file's size and sha256 against the manifest."""
-    files = manifest["files"]
-    for name in DATA_FILES:
-        expected = files.get(name) if isinstance(files, dict) else None
-        if not isinstance(expected, dict) or "sha256" not in expected or "bytes" not in expected:
-            raise ArtifactError(f"{path / MANIFEST}: no checksum recorded for {name}")
-        file = path / name
-        try:
-            size = file.stat().st_size
-        except FileNotFoundError:
-            raise ArtifactError(f"{file}: missing (the artifact is incomplete)") from None
-        if size != expected["bytes"]:
-            raise ArtifactError(
-                f"{file}: {size} bytes, manifest says {expected['bytes']} (truncated or replaced)"
-            )
-        if _sha256(file) != expected["sha256"]:
-            raise ArtifactError(f"{file}: sha256 does not match the manifest (corrupt)")
+    with _Directory(path) as d:
+        return _parse_manifest(d.read(MANIFEST, _MAX_MANIFEST_BYTES), d.root / MANIFEST)[0]
 
 
 def read_artifacts(path: Path) -> Artifacts:
     """Load an artifact directory, refusing anything incomplete, corrupt or inconsistent."""
-    path = Path(path)
-    manifest = read_manifest(path)
-    verify_files(path, manifest)
+    with _Directory(path) as d:
+        raw = d.read(MANIFEST, _MAX_MANIFEST_BYTES)
+        manifest, aggregation = _parse_manifest(raw, d.root / MANIFEST)
+        data = {name: d.read_verified(name, manifest["files"][name]) for name in DATA_FILES}
+        root = d.root
+    kinds, counts = manifest["ids"], manifest["counts"]
     try:
-        movies = [_movie_from_json(m) for m in json.loads((path / MOVIES).read_text("utf-8"))]
-        vectors = np.load(path / VECTORS, allow_pickle=False, mmap_mode="r")
-        with np.load(path / HISTORIES, allow_pickle=False) as npz:
-            histories = Histories(
-                user_ids=npz["user_ids"],
-                indptr=npz["indptr"],
-                rows=npz["rows"],
-                ratings=npz["ratings"],
-            )
-        index = faiss.read_index(str(path / INDEX))
-    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as e:
-        raise ArtifactError(f"{path}: could not be parsed ({e})") from None
-    if vectors.dtype != np.float32 or vectors.ndim != 2:
-        raise ArtifactError(f"{path / VECTORS}: expected a 2-d float32 array")
-    try:
-        _check_consistent(movies, vectors, index, histories)
-    except ValueError as e:
-        raise ArtifactError(f"{path}: {e}") from None
+        catalogue = [_movie_from_json(m) for m in _loads(data.pop(MOVIES), root / MOVIES)]
+    except (KeyError, TypeError, ValueError) as e:
+        raise ArtifactError(f"{root / MOVIES}: not a valid catalogue ({e})") from None
+    if len(catalogue) != counts["catalogue"]:
+        raise ArtifactError(
+            f"{root / MOVIES}: {len(catalogue)} movies, manifest says {counts['catalogue']}"
+        )
+    _check_catalogue(catalogue, kinds["movies"], str(root / MOVIES))
+    vectors = _parse_npy(data.pop(VECTORS), root / VECTORS)
+    arrays = _parse_npz(data.pop(HISTORIES), root / HISTORIES)
+    index = _parse_index(data.pop(INDEX), root / INDEX)
+    histories = Histories(**arrays)
+    n = counts["movies"]
+    _check_arrays(vectors, index, histories, n, aggregation, kinds["users"], f"{root}: ")
     facts = _index_facts(index)
     if facts != manifest["index"]:
-        raise ArtifactError(f"{path / INDEX}: loaded {facts}, manifest says {manifest['index']}")
-    if manifest["dim"] != vectors.shape[1]:
-        raise ArtifactError(f"{path / VECTORS}: dimension {vectors.shape[1]} != {manifest['dim']}")
-    query_dim = vectors.shape[1] + (1 if manifest["aggregation"].get("append_one") else 0)
-    if index.d != query_dim:
-        raise ArtifactError(f"{path / INDEX}: dimension {index.d}, queries have {query_dim}")
+        raise ArtifactError(f"{root / INDEX}: loaded {facts}, manifest says {manifest['index']}")
+    if vectors.shape[1] != manifest["dim"]:
+        raise ArtifactError(f"{root / VECTORS}: dimension {vectors.shape[1]} != {manifest['dim']}")
+    if (len(histories.user_ids), histories.num_ratings) != (counts["users"], counts["ratings"]):
+        raise ArtifactError(f"{root / HISTORIES}: user or rating count differs from the manifest")
+    movies = catalogue[:n]
     return Artifacts(
         manifest=manifest,
+        aggregation=aggregation,
         movies=movies,
-        movie_ids=np.array([m.movie_id for m in movies], dtype=np.int64),
+        unindexed=catalogue[n:],
+        movie_ids=id_array([m.movie_id for m in movies], kinds["movies"]),
         vectors=vectors,
         index=index,
         histories=histories,
     )
 
 
-def _check_consistent(
-    movies: list[Movie], vectors: FloatArray, index: faiss.Index, histories: Histories
+class _Directory:
+    """An artifact directory resolved and opened once: every file is opened relative to the
+    same directory, so a symlink flip or a directory exchange mid-load cannot mix models."""
+
+    def __init__(self, path: Path) -> None:
+        try:
+            self.root = Path(path).resolve(strict=True)
+            self._fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
+        except FileNotFoundError:
+            raise ArtifactError(f"{path}: not an artifact directory (no such directory)") from None
+        except NotADirectoryError:
+            raise ArtifactError(f"{path}: not an artifact directory (not a directory)") from None
+
+    def __enter__(self) -> _Directory:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        os.close(self._fd)
+
+    def read(self, name: str, limit: int, size: int | None = None) -> bytearray:
+        """The whole file, refused if larger than ``limit`` (or not exactly ``size``)."""
+        path = self.root / name
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=self._fd)
+        except FileNotFoundError:
+            what = "is this an artifact directory?" if name == MANIFEST else "incomplete artifact"
+            raise ArtifactError(f"{path}: missing ({what})") from None
+        except OSError as e:
+            raise ArtifactError(f"{path}: cannot be opened ({e.strerror})") from None
+        with os.fdopen(fd, "rb") as f:
+            actual = os.fstat(f.fileno()).st_size
+            if size is not None and actual != size:
+                raise ArtifactError(
+                    f"{path}: {actual} bytes, manifest says {size} (truncated or replaced)"
+                )
+            if actual > limit:
+                raise ArtifactError(f"{path}: {actual} bytes, more than the {limit} allowed")
+            buffer = bytearray(actual)
+            got = f.readinto(buffer)
+            if got != actual or f.read(1):
+                raise ArtifactError(f"{path}: changed size while being read")
+        return buffer
+
+    def read_verified(self, name: str, expected: Mapping[str, Any]) -> bytearray:
+        data = self.read(name, expected["bytes"], expected["bytes"])
+        if hashlib.sha256(data).hexdigest() != expected["sha256"]:
+            raise ArtifactError(f"{self.root / name}: sha256 does not match the manifest (corrupt)")
+        return data
+
+
+def _parse_manifest(raw: bytes | bytearray, where: Path) -> tuple[dict[str, Any], Aggregation]:
+    """The manifest, every field checked, and its aggregation as a type."""
+    manifest = _loads(raw, where)
+    if not isinstance(manifest, dict):
+        raise ArtifactError(f"{where}: expected a JSON object")
+    version = manifest.get("format_version")
+    if version != FORMAT_VERSION:
+        raise ArtifactError(
+            f"{where}: format_version {version!r}; this movierec reads version {FORMAT_VERSION}"
+            + (" (retrain to upgrade)" if version == 1 else "")
+        )
+    fields: dict[str, type] = {
+        "model_version": str, "created_at": str, "settings": dict, "training": dict,
+        "aggregation": dict, "ids": dict, "counts": dict, "dim": int, "index": dict,
+        "files": dict,
+    }  # fmt: skip
+    for key, kind in fields.items():
+        if not isinstance(manifest.get(key), kind) or isinstance(manifest.get(key), bool):
+            raise ArtifactError(f"{where}: field {key!r} is missing or not a {_name(kind)}")
+    ids = manifest["ids"]
+    if set(ids) != {"users", "movies"} or not set(ids.values()) <= {"int", "str"}:
+        raise ArtifactError(f"{where}: 'ids' must say 'int' or 'str' for users and movies")
+    counts = manifest["counts"]
+    if set(counts) != {"movies", "catalogue", "users", "ratings"} or not all(
+        _is_count(v) for v in counts.values()
+    ):
+        raise ArtifactError(f"{where}: 'counts' must hold movies, catalogue, users, ratings >= 0")
+    if not counts["movies"] <= counts["catalogue"] or counts["movies"] < 1:
+        raise ArtifactError(f"{where}: 'counts' has no indexed movie or more than the catalogue")
+    if not 1 <= manifest["dim"] <= MAX_DIM:
+        raise ArtifactError(f"{where}: dim {manifest['dim']} outside 1..{MAX_DIM}")
+    files = manifest["files"]
+    for name in DATA_FILES:
+        entry = files.get(name)
+        if (
+            not isinstance(entry, dict)
+            or not _is_count(entry.get("bytes"))
+            or not isinstance(entry.get("sha256"), str)
+        ):
+            raise ArtifactError(f"{where}: no size and checksum recorded for {name}")
+    for name, limit in _size_limits(counts, manifest["dim"]).items():
+        if files[name]["bytes"] > limit:
+            raise ArtifactError(
+                f"{where}: {name} is {files[name]['bytes']} bytes, more than the counts allow "
+                f"({limit})"
+            )
+    if manifest["model_version"] != _model_version(manifest["created_at"], files):
+        raise ArtifactError(f"{where}: model_version does not name the files it lists")
+    return manifest, _parse_aggregation(manifest["aggregation"], where)
+
+
+def _size_limits(counts: Mapping[str, int], dim: int) -> dict[str, int]:
+    """The most bytes each file may hold given the manifest's counts: a generous bound that
+    no honest file nears, checked before a byte is read."""
+    n, slack = counts["movies"], 1 << 20
+    return {
+        MOVIES: counts["catalogue"] * _MAX_MOVIE_JSON_BYTES + slack,
+        VECTORS: n * dim * 4 + slack,
+        INDEX: n * ((dim + 1) * 8 + 4096) + slack,  # flat, fp16, or HNSW's links
+        HISTORIES: counts["users"] * (4 * MAX_ID_CHARS + 16) + counts["ratings"] * 8 + slack,
+    }
+
+
+def _parse_aggregation(raw: Mapping[str, Any], where: Path) -> Aggregation:
+    method = raw.get("method")
+    cls = _AGGREGATIONS.get(method) if isinstance(method, str) else None
+    if cls is None:
+        raise ArtifactError(
+            f"{where}: aggregation.method {method!r} is not one of {', '.join(_AGGREGATIONS)}"
+        )
+    fields = {f.name: str(f.type) for f in dataclasses.fields(cls)}
+    given = {k: v for k, v in raw.items() if k != "method"}
+    if set(given) != set(fields):
+        missing, extra = set(fields) - set(given), set(given) - set(fields)
+        raise ArtifactError(
+            f"{where}: aggregation {method!r} needs {', '.join(sorted(fields))}"
+            + (f"; missing {', '.join(sorted(missing))}" if missing else "")
+            + (f"; unknown {', '.join(sorted(extra))}" if extra else "")
+        )
+    for key, kind in fields.items():
+        value = given[key]
+        ok = (
+            isinstance(value, bool)
+            if kind == "bool"
+            else isinstance(value, int | float) and not isinstance(value, bool)
+            and math.isfinite(value)
+        )  # fmt: skip
+        if not ok:
+            raise ArtifactError(f"{where}: aggregation.{key} must be a finite {kind}")
+    aggregation = cls(**given)
+    if isinstance(aggregation, AlsAggregation) and (
+        aggregation.regularization < 0 or aggregation.alpha <= 0 or aggregation.inline_stars <= 0
+    ):
+        raise ArtifactError(f"{where}: als needs regularization >= 0, alpha and inline_stars > 0")
+    return aggregation
+
+
+def _parse_npy(data: bytes | bytearray, where: Path) -> npt.NDArray[Any]:
+    """An .npy file from memory, refusing a header whose shape the bytes do not hold
+    (numpy's own reader allocates the claimed shape first) and anything pickled."""
+    f = io.BytesIO(data)
+    try:
+        version = np.lib.format.read_magic(f)
+        read_header = {
+            (1, 0): np.lib.format.read_array_header_1_0,
+            (2, 0): np.lib.format.read_array_header_2_0,
+        }[version]
+        shape, fortran, dtype = read_header(f, max_header_size=10_000)
+    except (ValueError, KeyError, SyntaxError) as e:
+        raise ArtifactError(f"{where}: not a valid .npy array ({e})") from None
+    if dtype.hasobject or dtype.kind not in "fiuU" or fortran:
+        raise ArtifactError(f"{where}: array of type {dtype} is not allowed here")
+    count = math.prod(shape)
+    offset = f.tell()
+    if offset + count * dtype.itemsize != len(data):
+        raise ArtifactError(f"{where}: header claims shape {shape}, the file holds other sizes")
+    array: npt.NDArray[Any] = np.frombuffer(data, dtype, count, offset).reshape(shape)
+    return array
+
+
+def _parse_npz(data: bytes | bytearray, where: Path) -> dict[str, npt.NDArray[Any]]:
+    """The histories' .npz from memory: stored (uncompressed) members only, exactly the
+    expected ones, each parsed as a bounded .npy."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as z:
+            members = z.infolist()
+            names = sorted(m.filename for m in members)
+            if names != sorted(f"{a}.npy" for a in HISTORY_ARRAYS):
+                raise ArtifactError(f"{where}: holds {names}, expected {list(HISTORY_ARRAYS)}")
+            arrays = {}
+            for m in members:
+                if m.compress_type != zipfile.ZIP_STORED or m.file_size > len(data):
+                    raise ArtifactError(f"{where}: {m.filename} is compressed or oversized")
+                arrays[m.filename[:-4]] = _parse_npy(z.read(m), where / m.filename)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError) as e:
+        raise ArtifactError(f"{where}: not a valid .npz ({e})") from None
+    return arrays
+
+
+_faiss_limit = threading.Lock()
+
+
+def _parse_index(data: bytes | bytearray, where: Path) -> faiss.Index:
+    """A FAISS index from memory, with FAISS's own cap on any vector it reads set to the
+    file's size: a header claiming more cannot make it allocate more than the file holds."""
+    with _faiss_limit:  # the cap is process-wide
+        previous = faiss.get_deserialization_vector_byte_limit()
+        faiss.set_deserialization_vector_byte_limit(len(data))
+        try:
+            index = faiss.deserialize_index(np.frombuffer(data, np.uint8))
+        except RuntimeError as e:
+            reason = str(e).strip().splitlines()[-1][:200]
+            raise ArtifactError(f"{where}: not a readable FAISS index ({reason})") from None
+        finally:
+            faiss.set_deserialization_vector_byte_limit(previous)
+    return index
+
+
+def _check_catalogue(catalogue: Sequence[Movie], kind: str, where: str) -> None:
+    ids = set()
+    for m in catalogue:
+        if kind == "int":
+            ok = isinstance(m.movie_id, int) and not isinstance(m.movie_id, bool)
+        else:
+            ok = isinstance(m.movie_id, str) and 0 < len(m.movie_id) <= MAX_ID_CHARS
+        if not ok:
+            raise ArtifactError(f"{where}: movie id {m.movie_id!r} is not a valid {kind} id")
+        if m.movie_id in ids:
+            raise ArtifactError(f"{where}: movie id {m.movie_id!r} appears twice")
+        ids.add(m.movie_id)
+
+
+def _check_arrays(
+    vectors: npt.NDArray[Any],
+    index: faiss.Index,
+    histories: Histories,
+    n: int,
+    aggregation: Aggregation,
+    user_kind: str,
+    where: str,
 ) -> None:
-    n = len(movies)
-    if vectors.shape[0] != n:
-        raise ValueError(f"{vectors.shape[0]} vectors for {n} movies")
-    if index.ntotal != n:
-        raise ValueError(f"index holds {index.ntotal} vectors for {n} movies")
-    if index.metric_type != faiss.METRIC_INNER_PRODUCT:
-        raise ValueError("index metric is not inner product")
-    if type(faiss.downcast_index(index)).__name__ not in INDEX_TYPES.values():
-        raise ValueError(f"index type must be one of {', '.join(INDEX_TYPES.values())}")
+    """What the vectors, index and histories must satisfy, for the writer and the reader."""
+
+    def fail(message: str) -> None:
+        raise ArtifactError(f"{where}{message}")
+
+    if vectors.dtype != np.float32 or vectors.ndim != 2 or vectors.shape[0] != n:
+        fail(f"vectors: expected float32 ({n}, dim), got {vectors.dtype} {vectors.shape}")
+    if not _all_finite(vectors):
+        fail("vectors: not all finite (NaN or infinity)")
+    facts = _index_facts(index)
+    if facts["type"] not in INDEX_TYPES.values() or facts["metric"] != "inner_product":
+        fail(f"index: must be an inner-product {', '.join(INDEX_TYPES.values())}, got {facts}")
+    append_one = isinstance(aggregation, MeanAggregation) and aggregation.append_one
+    if index.ntotal != n or index.d != vectors.shape[1] + append_one:
+        fail(f"index: {index.ntotal} x {index.d} for {n} movies of dim {vectors.shape[1]}")
+    if not _all_finite(_stored_vectors(index)):
+        fail("index: not all stored vectors are finite")
     h = histories
+    if id_kind(h.user_ids) != user_kind or (
+        user_kind == "int" and h.user_ids.dtype != np.int64
+    ):  # fmt: skip
+        fail(f"histories: user_ids of type {h.user_ids.dtype} are not {user_kind} ids")
+    if user_kind == "str" and h.user_ids.dtype.itemsize > 4 * MAX_ID_CHARS:
+        fail(f"histories: user ids longer than {MAX_ID_CHARS} characters")
+    if (h.indptr.dtype.str, h.rows.dtype.str, h.ratings.dtype.str) != ("<i8", "<i4", "<f4"):
+        fail("histories: indptr, rows and ratings must be int64, int32 and float32")
+    if h.user_ids.ndim != 1 or h.indptr.ndim != 1 or h.rows.ndim != 1 or h.ratings.ndim != 1:
+        fail("histories: arrays must be 1-d")
     if len(h.indptr) != len(h.user_ids) + 1 or h.indptr[0] != 0 or h.indptr[-1] != len(h.rows):
-        raise ValueError("histories: indptr does not match user_ids and rows")
+        fail("histories: indptr does not match user_ids and rows")
     if len(h.ratings) != len(h.rows) or np.any(np.diff(h.indptr) < 0):
-        raise ValueError("histories: inconsistent CSR arrays")
+        fail("histories: inconsistent CSR arrays")
     if len(h.rows) and (h.rows.min() < 0 or h.rows.max() >= n):
-        raise ValueError("histories: a row is outside the catalogue")
-    if np.any(np.diff(h.user_ids) <= 0):
-        raise ValueError("histories: user_ids are not strictly increasing")
+        fail("histories: a row is outside the catalogue")
+    if not _all_finite(h.ratings):
+        fail("histories: ratings are not all finite")
+    if len(h.user_ids) > 1 and not np.all(h.user_ids[1:] > h.user_ids[:-1]):
+        fail("histories: user_ids are not unique and increasing")
 
 
-INDEX_TYPES = {"flat": "IndexFlatIP", "fp16": "IndexScalarQuantizer", "hnsw": "IndexHNSWFlat"}
+def _stored_vectors(index: faiss.Index) -> npt.NDArray[Any]:
+    """The vectors the index scans, as stored (float32, or float16 for fp16), viewed in place
+    (HNSW keeps them in a flat storage index)."""
+    index = faiss.downcast_index(index)
+    storage = faiss.downcast_index(index.storage) if hasattr(index, "storage") else index
+    codes = faiss.rev_swig_ptr(storage.codes.data(), storage.codes.size())  # type: ignore[attr-defined]
+    view: npt.NDArray[Any] = np.asarray(codes).view(
+        np.float16 if isinstance(storage, faiss.IndexScalarQuantizer) else np.float32
+    )
+    return view
+
+
+def _all_finite(a: npt.NDArray[Any], chunk: int = 1 << 22) -> bool:
+    """np.isfinite(a).all() in slices, so a 1M-movie catalogue needs no full-size mask."""
+    flat = a.reshape(-1)
+    return all(np.isfinite(flat[i : i + chunk]).all() for i in range(0, len(flat), chunk))
+
+
+# --- building the index ----------------------------------------------------------------------
 
 
 def build_index(
@@ -316,6 +638,9 @@ def build_index(
     return index
 
 
+# --- small helpers ---------------------------------------------------------------------------
+
+
 def _index_facts(index: faiss.Index) -> dict[str, Any]:
     return {
         "type": type(faiss.downcast_index(index)).__name__,
@@ -325,15 +650,47 @@ def _index_facts(index: faiss.Index) -> dict[str, Any]:
     }
 
 
+def _model_version(created: str, files: Mapping[str, Any]) -> str:
+    """'<created>-<digest of the file table>': the version names the exact content."""
+    digest = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
+    return f"{created}-{digest[:12]}"
+
+
+def _movie_kind(catalogue: Sequence[Movie]) -> IdKind:
+    return "str" if catalogue and isinstance(catalogue[0].movie_id, str) else "int"
+
+
 def _movie_to_json(m: Movie) -> dict[str, Any]:
     return {"movie_id": m.movie_id, "title": m.title, "genres": list(m.genres), "year": m.year}
 
 
 def _movie_from_json(d: dict[str, Any]) -> Movie:
-    return Movie(int(d["movie_id"]), str(d["title"]), tuple(d["genres"]), d.get("year"))
+    title, genres, year = d["title"], d["genres"], d["year"]
+    if not isinstance(title, str) or not isinstance(genres, list):
+        raise TypeError(f"movie {d.get('movie_id')!r}: title and genres must be text and a list")
+    if not all(isinstance(g, str) for g in genres):
+        raise TypeError(f"movie {d.get('movie_id')!r}: genres must be text")
+    if year is not None and (not isinstance(year, int) or isinstance(year, bool)):
+        raise TypeError(f"movie {d.get('movie_id')!r}: year must be an integer or null")
+    return Movie(d["movie_id"], title, tuple(genres), year)
 
 
-def _sha256(path: Path) -> str:
+def _loads(raw: bytes | bytearray, where: Path) -> Any:
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ArtifactError(f"{where}: not valid JSON ({e})") from None
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _name(kind: type) -> str:
+    return {str: "string", dict: "JSON object", int: "integer"}.get(kind, kind.__name__)
+
+
+def _sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(1 << 20):
@@ -359,6 +716,22 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _remove_abandoned(out: Path) -> None:
+    """Delete temporary siblings of ``out`` left by exports that were killed: their names
+    carry the writer's pid, and a pid that no longer runs will never finish them."""
+    for tmp in out.parent.glob(f".{out.name}.*-*-*"):
+        kind, _, rest = tmp.name[len(out.name) + 2 :].partition("-")
+        pid = rest.partition("-")[0]
+        if kind not in ("tmp", "old") or not pid.isdigit() or not tmp.is_dir():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(tmp, ignore_errors=True)
+        except PermissionError:  # alive, someone else's
+            pass
+
+
 def _replace_dir(new: Path, out: Path) -> None:
     """Move the finished ``new`` to ``out``; a previous ``out`` is moved aside first and only
     deleted once the new one is in place."""
@@ -370,7 +743,7 @@ def _replace_dir(new: Path, out: Path) -> None:
     if _exchange(new, out):  # one atomic step: out is always a whole artifact
         shutil.rmtree(new, ignore_errors=True)  # now holds the previous artifact
         return
-    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-{os.getpid()}-", dir=out.parent))
     os.rename(out, old / out.name)  # out is briefly absent: a reload then keeps the old model
     os.rename(new, out)
     shutil.rmtree(old, ignore_errors=True)
@@ -379,6 +752,8 @@ def _replace_dir(new: Path, out: Path) -> None:
 def _exchange(a: Path, b: Path) -> bool:
     """Swap two directories atomically (Linux renameat2 RENAME_EXCHANGE); False where the
     platform or filesystem cannot."""
+    import ctypes
+
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         renameat2 = libc.renameat2

@@ -20,11 +20,21 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from movierec.errors import MovierecError, UsageError
+from movierec import __version__
+from movierec.errors import MovierecError, StatusError, UsageError
 from movierec.logs import configure_logging
 
 log = logging.getLogger("movierec")
 DEFAULT_TARGET = "localhost:50051"
+RELOAD_TIMEOUT = 120.0
+# Optional dependencies by the extra that installs them, for a one-line hint instead of a
+# traceback when a command needs more than this installation has.
+_EXTRAS = {
+    **dict.fromkeys(("numpy", "faiss", "prometheus_client", "grpc_reflection", "grpc_status",
+                     "redis"), "server"),
+    **dict.fromkeys(("torch", "pandas", "tqdm", "matplotlib", "sklearn", "pyarrow"), "train"),
+    "implicit": "als",
+}  # fmt: skip
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -35,16 +45,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         result: int = args.handler(args)
         return result
+    except StatusError as e:  # a call the server refused: its status code says how
+        print(f"movierec {args.command}: {e.code}: {e}", file=sys.stderr)
+        return 1
     except (MovierecError, OSError) as e:
         print(f"movierec {args.command}: error: {e}", file=sys.stderr)
         return 1
-    except Exception as e:
-        import grpc
-
-        if isinstance(e, grpc.RpcError):
-            print(f"movierec {args.command}: {e.code().name}: {e.details()}", file=sys.stderr)
-            return 1
-        raise
+    except ModuleNotFoundError as e:
+        package = (e.name or "").partition(".")[0]
+        if package not in _EXTRAS:
+            raise
+        print(f"movierec {args.command}: needs {package}, which this installation lacks: "
+              f"pip install 'movierec[{_EXTRAS[package]}]'", file=sys.stderr)  # fmt: skip
+        return 1
 
 
 # --- training side -----------------------------------------------------------------------
@@ -61,10 +74,8 @@ def _train_config(args: argparse.Namespace) -> Any:
 
 
 def _train(args: argparse.Namespace) -> int:
-    try:
-        from trainer.pipeline import run_training
-    except ImportError as e:
-        raise UsageError(f"{e.name} is missing: install 'movierec[train]'") from None
+    from trainer.pipeline import run_training
+
     config = _train_config(args)
     if args.resume and args.checkpoint is None:
         raise UsageError("--resume needs --checkpoint")
@@ -120,13 +131,10 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    try:
-        from trainer import movielens
-        from trainer.evaluate import evaluate, format_table
-        from trainer.pipeline import run_training
-    except ImportError as e:
-        raise UsageError(f"{e.name} is missing: install 'movierec[train]'") from None
     from server.app import load_recommender
+    from trainer import movielens
+    from trainer.evaluate import evaluate, format_table
+    from trainer.pipeline import run_training
 
     if (args.split is None) == (args.artifacts is None):
         raise UsageError("give --artifacts ART --test FILE, or --split DIR --out ART")
@@ -162,101 +170,114 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from server.app import ServerOptions
-    from server.processes import run
-    from server.security import Tokens
+    from server.processes import remember_hup_until_serving, run
 
-    tls = (args.tls_cert, args.tls_key)
-    if any(tls) and not all(tls) or (args.tls_client_ca and not all(tls)):
-        raise UsageError("--tls-cert and --tls-key go together (and --tls-client-ca needs both)")
-    tokens = Tokens.load(args.tokens_file)
-    options = ServerOptions(
-        address=f"{args.host}:{args.port}",
-        max_inflight=args.max_inflight,
-        workers=args.workers,
-        tokens=tokens,
-        tls_cert=args.tls_cert,
-        tls_key=args.tls_key,
-        tls_client_ca=args.tls_client_ca,
-        metrics_port=args.metrics_port,
-    )
-    host = "localhost" if args.host in ("127.0.0.1", "::1") else args.host
-    flags = " --tls-ca CA.pem" * bool(args.tls_cert) + " --token TOKEN" * tokens.enabled
+    remember_hup_until_serving()  # before the slow part: loading the model
+    options = _server_options(args)
+    host = "localhost" if options.host in ("127.0.0.1", "::1") else options.host
+    tokens = bool(options.tokens_file or os.environ.get("MOVIEREC_TOKENS"))
+    flags = " --tls-ca CA.pem" * bool(options.tls_cert) + " --token TOKEN" * tokens
 
-    def ready(port: int, metrics_port: int | None) -> None:
+    def ready(port: int, health_port: int | None, metrics_port: int | None) -> None:
         target = f"{host}:{port}"
-        processes = f" in {args.processes} processes" if args.processes > 1 else ""
+        processes = f" in {options.processes} processes" if options.processes > 1 else ""
         print(
-            f"movierec is serving {args.artifacts} on {args.host}:{port}{processes}"
-            f"{' (TLS)' if args.tls_cert else ''}"
-            f"{', bearer tokens required' if tokens.enabled else ''}. Try:\n"
+            f"movierec is serving {args.artifacts} on {options.address(port)}{processes}"
+            f"{' (TLS)' if options.tls_cert else ''}"
+            f"{', bearer tokens required' if tokens else ''}. Try:\n"
             f"  movierec recommend --target {target}{flags} --user 1 -k 10\n"
             f"  movierec similar   --target {target}{flags} --movie 1 -k 10\n"
             + (
                 f'  grpcurl -plaintext -d \'{{"user_id": 1, "k": 5}}\' {target} '
                 "movierec.v1.RecommenderService/Recommend\n"
-                if not args.tls_cert and not tokens.enabled
+                if not options.tls_cert and not tokens
                 else ""
             )
-            + (f"  curl -s localhost:{metrics_port}/metrics\n" if metrics_port else "")
+            + (f"  movierec health --target {host}:{health_port}\n" if health_port else "")
+            + (f"  curl -s {options.metrics_host}:{metrics_port}/metrics\n" if metrics_port else "")
             + "Reload the model with SIGHUP; stop with Ctrl-C.",
             flush=True,
         )
 
-    if args.processes < 1:
-        raise UsageError("--processes must be at least 1")
-    if args.workers < 0:
-        raise UsageError("--workers must be 0 (run on the event loop) or more")
-    return run(Path(args.artifacts), options, args.processes, args.grace, args.drain, ready)
+    return run(Path(args.artifacts), options, _open_store, ready)
+
+
+def _server_options(args: argparse.Namespace) -> Any:
+    from server.options import ServerOptions, settings
+
+    return ServerOptions(**{name: getattr(args, name) for name, *_ in settings()})
+
+
+def _open_store(options: Any) -> Any:
+    from server.events import open_store
+
+    return open_store(options.events, max_events_per_user=options.max_events_per_user)
 
 
 def _recommend(args: argparse.Namespace) -> int:
     if (args.user is None) == (args.movies is None):
         raise UsageError("give exactly one of --user or --movies")
     with _client(args) as client:
-        if args.user is not None:
-            response = client.recommend(args.user, args.k, args.include_watched, args.explain)
-        else:
-            response = client.recommend_for_movies(
-                args.movies, args.k, args.include_watched, args.explain
-            )
+        response = client.recommend(
+            args.user, movies=args.movies or (), weights=args.weights or (),
+            dislikes=args.dislike or (), k=args.k, filter=_filter(args),
+            include_watched=args.include_watched, explain=args.explain,
+            diversity=args.diversity,
+        )  # fmt: skip
     _print_results(response, args.json)
-    if response.ignored_movie_ids and not args.json:
-        print(f"ignored unknown movie ids: {list(response.ignored_movie_ids)}")
+    ignored = [*response.ignored_movie_ids, *response.ignored_movie_keys]
+    if ignored and not args.json:
+        print(f"ignored unknown movie ids: {ignored}")
     return 0
 
 
 def _similar(args: argparse.Namespace) -> int:
     with _client(args) as client:
-        _print_results(client.similar(args.movie, args.k), args.json)
+        _print_results(client.similar(args.movie, args.k, _filter(args)), args.json)
     return 0
 
 
 def _movie(args: argparse.Namespace) -> int:
-    from google.protobuf.json_format import MessageToDict
-
     with _client(args) as client:
-        print(json.dumps(MessageToDict(client.movie(args.movie)), indent=2))
+        _print_json(client.movie(args.movie))
     return 0
 
 
-def _client(args: argparse.Namespace, timeout: float = 5.0) -> Any:
-    from movierec.client import RecommenderClient
+def _events(args: argparse.Namespace) -> int:
+    from movierec.client import event
+
+    with _client(args) as client:
+        r = client.record_events([event(args.user, args.movie, args.type, args.rating)])
+    ignored = [*r.ignored_movie_ids, *r.ignored_movie_keys]
+    print(f"recorded {r.recorded} event(s)" + (f"; unknown movie {ignored[0]}" if ignored else ""))
+    return 0
+
+
+def _client(args: argparse.Namespace) -> Any:
+    from movierec.client import Client
 
     def read(path: Path | None) -> bytes | None:
         return path.read_bytes() if path else None
 
-    if bool(args.tls_cert) != bool(args.tls_key):
-        raise UsageError("--tls-cert and --tls-key go together")
-    cert, key = read(args.tls_cert), read(args.tls_key)
-    return RecommenderClient(
+    if bool(args.client_cert) != bool(args.client_key):
+        raise UsageError("--client-cert and --client-key go together")
+    cert, key = read(args.client_cert), read(args.client_key)
+    return Client(
         args.target,
-        timeout,
+        timeout=args.timeout,
         token=args.token,
         tls=args.tls,
         tls_ca=read(args.tls_ca),
         client_cert=(cert, key) if cert and key else None,
     )
+
+
+def _filter(args: argparse.Namespace) -> Any:
+    from movierec.client import make_filter
+
+    low, high = args.years or (0, 0)
+    return make_filter(args.genre or (), args.not_genre or (), low, high, args.exclude or (),
+                       args.allow or ())  # fmt: skip
 
 
 def _reload(args: argparse.Namespace) -> int:
@@ -268,7 +289,7 @@ def _reload(args: argparse.Namespace) -> int:
 
 
 def _health(args: argparse.Namespace) -> int:
-    with _client(args, timeout=args.timeout) as client:
+    with _client(args) as client:
         status = client.health(args.service)
     print(status)
     return 0 if status == "SERVING" else 1
@@ -279,14 +300,19 @@ def _because(r: Any) -> str:
     return ", ".join(f"{c.title} {c.share:.2f}" for c in r.explanation.top)
 
 
+def _print_json(message: Any) -> None:
+    """Protobuf messages as JSON with the proto's own (snake_case) field names."""
+    from google.protobuf.json_format import MessageToDict
+
+    print(json.dumps(MessageToDict(message, preserving_proto_field_name=True), indent=2))
+
+
 def _print_results(response: Any, as_json: bool) -> None:
     if as_json:
-        from google.protobuf.json_format import MessageToDict
-
-        print(json.dumps(MessageToDict(response, preserving_proto_field_name=True), indent=2))
+        _print_json(response)
         return
     rows = [
-        (str(r.movie_id), r.title, "|".join(r.genres), f"{r.similarity:.4f}", _because(r))
+        (r.movie_key, r.title, "|".join(r.genres), f"{r.similarity:.4f}", _because(r))
         for r in response.recommendations
     ]
     explained = any(row[4] for row in rows)
@@ -302,19 +328,46 @@ def _print_results(response: Any, as_json: bool) -> None:
                 for i, (cell, w) in enumerate(zip(row, widths, strict=True))
             ).rstrip()
         )
-    print(f"(model {response.model_version})")
+    popular = any(r.reason == 2 for r in response.recommendations)  # POPULAR
+    note = ", fewer passed the filter" * response.exhausted + (
+        ", most popular: no history to go on" * popular)  # fmt: skip
+    print(f"(model {response.model_version}{note})")
 
 
 # --- argument parsing ----------------------------------------------------------------------
 
 
-def _ids(text: str) -> list[int]:
+def _key(text: str) -> int | str:
+    """An id as typed: an integer when it reads as one, else a string id of your own (the
+    server treats "42" and 42 alike)."""
     try:
-        return [int(x) for x in text.replace(",", " ").split()]
+        return int(text)
+    except ValueError:
+        return text
+
+
+def _keys(text: str) -> list[int | str]:
+    return [_key(x) for x in text.replace(",", " ").split()]
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(x) for x in text.replace(",", " ").split()]
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"expected comma-separated movie ids, got {text!r}"
+            f"expected comma-separated numbers, got {text!r}"
         ) from None
+
+
+def _years(text: str) -> tuple[int, int]:
+    """'1990-1999', '1990-' or '-1999'."""
+    low, dash, high = text.partition("-")
+    try:
+        if not dash:
+            raise ValueError
+        return int(low or 0), int(high or 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected years like 1990-1999, got {text!r}") from None
 
 
 def _add_train_options(p: argparse.ArgumentParser) -> None:
@@ -331,73 +384,40 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def _add_client_options(p: argparse.ArgumentParser, timeout: float) -> None:
+    p.add_argument(
+        "--target",
+        default=os.environ.get("MOVIEREC_TARGET", DEFAULT_TARGET),
+        help="server host:port (env MOVIEREC_TARGET)",
+    )
+    p.add_argument(
+        "--token",
+        default=os.environ.get("MOVIEREC_TOKEN"),
+        help="bearer token, if the server requires one (env MOVIEREC_TOKEN)",
+    )
+    p.add_argument("--timeout", type=float, default=timeout, help="seconds before giving up")
+    p.add_argument("--tls", action="store_true", help="use TLS with the system's roots")
+    p.add_argument("--tls-ca", type=Path, help="use TLS, trusting this PEM CA")
+    p.add_argument("--client-cert", type=Path, help="mutual TLS: this client certificate")
+    p.add_argument("--client-key", type=Path, help="mutual TLS: the client certificate's key")
+
+
 def _add_serve_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--host",
-        default=os.environ.get("MOVIEREC_HOST", "127.0.0.1"),
-        help="listen address; 0.0.0.0 must be asked for (env MOVIEREC_HOST)",
-    )
-    p.add_argument(
-        "--port",
-        type=int,
-        default=int(os.environ.get("MOVIEREC_PORT", "50051")),
-        help="gRPC port, 0 for any free one (env MOVIEREC_PORT)",
-    )
-    p.add_argument(
-        "--grace",
-        type=float,
-        default=10.0,
-        help="seconds in-flight calls get to finish on shutdown",
-    )
-    p.add_argument(
-        "--drain",
-        type=float,
-        default=0.0,
-        help="seconds to keep serving after SIGTERM while NOT_SERVING",
-    )
-    p.add_argument(
-        "--max-inflight",
-        type=int,
-        default=int(os.environ.get("MOVIEREC_MAX_INFLIGHT", "64")),
-        help="calls in progress before new ones get RESOURCE_EXHAUSTED (env MOVIEREC_MAX_INFLIGHT)",
-    )
-    p.add_argument(
-        "--processes",
-        type=int,
-        default=int(os.environ.get("MOVIEREC_PROCESSES", "1")),
-        help="server processes sharing the port and the loaded model (env MOVIEREC_PROCESSES)",
-    )
-    p.add_argument(
-        "--workers",
-        type=int,
-        default=int(os.environ.get("MOVIEREC_WORKERS", str(os.cpu_count() or 1))),
-        help="threads running searches (FAISS releases the GIL); default one per core; 0 runs "
-        "them on the event loop: faster for small catalogues, but each search holds up every "
-        "other call (env MOVIEREC_WORKERS)",
-    )
-    p.add_argument(
-        "--metrics-port",
-        type=int,
-        default=None,
-        help="serve Prometheus /metrics over HTTP on this port, same host (0: any free one)",
-    )
-    p.add_argument(
-        "--tokens-file",
-        type=Path,
-        default=None,
-        help="require 'authorization: Bearer <token>' with a token from this file (one per "
-        "line); or set MOVIEREC_TOKENS=tok1,tok2. Health checks stay open",
-    )
-    p.add_argument("--tls-cert", type=Path, help="serve TLS with this PEM certificate chain")
-    p.add_argument("--tls-key", type=Path, help="the certificate's PEM private key")
-    p.add_argument(
-        "--tls-client-ca", type=Path, help="mutual TLS: accept clients signed by this CA"
-    )
+    """Flags from server.options.ServerOptions: one place states each default."""
+    from server.options import from_environment, settings
+
+    group = p.add_argument_group("server settings (each also from its environment variable)")
+    for name, kind, default, help_text, env in settings():
+        flag = f"--{name.replace('_', '-')}"
+        value = from_environment(name, kind, default, env)
+        group.add_argument(flag, dest=name, type=kind, default=value,
+                           help=help_text + (f" (env {env})" if env else ""))  # fmt: skip
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="movierec", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=f"movierec {__version__}")
     parser.add_argument(
         "--log-format",
         choices=("text", "json"),
@@ -459,39 +479,40 @@ def _parser() -> argparse.ArgumentParser:
     for name, handler, help_text in (
         ("recommend", _recommend, "recommend movies for a user or an inline history"),
         ("similar", _similar, "movies similar to one movie"),
-        ("movie", _movie, "one movie's metadata"),
+        ("movie", _movie, "one movie's metadata, as JSON"),
+        ("events", _events, "record an event by hand: movierec events record --user U ..."),
         ("health", _health, "query the standard gRPC health service (exit 0 if SERVING)"),
         ("reload", _reload, "make a running server re-read its artifact directory"),
     ):
         p = command(name, handler, help_text)
-        p.add_argument(
-            "--target",
-            default=os.environ.get("MOVIEREC_TARGET", DEFAULT_TARGET),
-            help="server host:port (env MOVIEREC_TARGET)",
-        )
-        p.add_argument(
-            "--token",
-            default=os.environ.get("MOVIEREC_TOKEN"),
-            help="bearer token, if the server requires one (env MOVIEREC_TOKEN)",
-        )
-        p.add_argument("--tls", action="store_true", help="use TLS with the system's roots")
-        p.add_argument("--tls-ca", type=Path, help="use TLS, trusting this PEM CA")
-        p.add_argument("--tls-cert", type=Path, help="mutual TLS: this client certificate")
-        p.add_argument("--tls-key", type=Path, help="mutual TLS: the client certificate's key")
+        if name == "events":
+            p.add_argument("action", choices=["record"])
+            p.add_argument("--user", type=_key, required=True)
+            p.add_argument("--movie", type=_key, required=True)
+            p.add_argument("--type", choices=["watch", "like", "dislike"], default="watch")
+            p.add_argument("--rating", type=float, help="stars, if the user rated it")
+        _add_client_options(p, timeout=RELOAD_TIMEOUT if name == "reload" else 5.0)
         if name == "recommend":
-            p.add_argument("--user", type=int, help="a user id known to the model")
-            p.add_argument("--movies", type=_ids, help="inline history: ids, comma-separated")
+            p.add_argument("--user", type=_key, help="a user id (unknown users get popular movies)")
+            p.add_argument("--movies", type=_keys, help="inline history: ids, comma-separated")
+            p.add_argument("--weights", type=_floats, help="one weight per --movies id")
+            p.add_argument("--dislike", type=_keys, help="disliked movie ids, comma-separated")
             p.add_argument("--include-watched", action="store_true")
+            p.add_argument("--diversity", type=float, default=0.0, help="0 (off) to 1")
             p.add_argument(
                 "--explain", type=int, default=0, metavar="N",
-                help="name the N watched movies that contributed most to each result",
+                help="name the N history movies that contributed most to each result",
             )  # fmt: skip
         if name in ("similar", "movie"):
-            p.add_argument("--movie", type=int, required=True)
+            p.add_argument("--movie", type=_key, required=True)
         if name in ("recommend", "similar"):
             p.add_argument("-k", type=int, default=10, help="number of results")
+            p.add_argument("--genre", action="append", help="only these genres (repeatable)")
+            p.add_argument("--not-genre", action="append", help="not these genres (repeatable)")
+            p.add_argument("--years", type=_years, help="release years, e.g. 1990-1999")
+            p.add_argument("--exclude", type=_keys, help="never these movie ids")
+            p.add_argument("--allow", type=_keys, help="only these movie ids")
             p.add_argument("--json", action="store_true", help="print JSON instead of a table")
         if name == "health":
             p.add_argument("--service", default="", help="'' is the whole server")
-            p.add_argument("--timeout", type=float, default=3.0)
     return parser

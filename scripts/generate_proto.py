@@ -10,6 +10,8 @@ import argparse
 import sys
 from pathlib import Path
 
+import google.rpc
+import grpc_tools
 from grpc_tools import protoc
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -18,9 +20,15 @@ PROTOS = ["movierec/v1/recommender.proto"]
 
 def generate(out: Path) -> None:
     bin_dir = Path(sys.executable).parent  # protoc plugins live beside the interpreter
+    # The well-known types ship with grpc_tools, google/rpc/status.proto with
+    # googleapis-common-protos (a runtime dependency: the generated code imports it).
+    well_known = Path(grpc_tools.__file__).parent / "_proto"
+    googleapis = Path(next(iter(google.rpc.__path__))).parent.parent
     args = [
         "protoc",
         f"-I{ROOT / 'proto'}",
+        f"-I{well_known}",
+        f"-I{googleapis}",
         f"--python_out={out}",
         f"--grpc_python_out={out}",
         f"--mypy_out={out}",

@@ -1,20 +1,22 @@
 """Build the gRPC server in one function, run it in another.
 
 ``build_server`` is what the tests and the benchmarks call; ``serve`` adds signals (and
-``server.processes`` runs it in one or several processes):
-SIGHUP reloads the model from the artifact directory; SIGTERM/SIGINT flip health to
-NOT_SERVING, wait a drain delay (load balancers drop the endpoint at the moment SIGTERM
-arrives), then stop taking calls and let in-flight calls finish within the grace period.
+``server.processes`` runs it in one or several processes): SIGHUP reloads the model from the
+artifact directory; SIGTERM/SIGINT flip health to NOT_SERVING, wait a drain delay (load
+balancers drop the endpoint at the moment SIGTERM arrives), then stop taking calls and let
+in-flight calls finish within the grace period.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
+import resource
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,32 +24,28 @@ from pathlib import Path
 import faiss
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from movierec.artifacts import read_artifacts
+from movierec.errors import UsageError
 from movierec.v1 import recommender_pb2, recommender_pb2_grpc
-from server.interceptor import CallGuard
+from server.events import EventStore
+from server.guard import CallGuard
 from server.observability import Metrics, start_metrics_server
+from server.options import ServerOptions
 from server.recommender import Recommender
-from server.security import Tokens, server_credentials
+from server.security import ADMIN_TOKENS_ENV, Tokens, server_credentials
 from server.service import AdminServicer, RecommenderServicer
 
 log = logging.getLogger(__name__)
 SERVICE_NAMES = tuple(s.full_name for s in recommender_pb2.DESCRIPTOR.services_by_name.values())
 MAX_MESSAGE_BYTES = 1 << 20  # a 10,000-id history is ~100 kB; nothing legitimate nears 1 MiB
+# grpc sheds past max_inflight + this many calls before they are even decoded; the reserve
+# keeps room for health checks, which the guard never sheds.
+HEALTH_RESERVE = 16
+HANDSHAKE_TIMEOUT_MS = 5_000  # a connection that says nothing is closed after this
 
-
-@dataclass(frozen=True)
-class ServerOptions:
-    address: str = "127.0.0.1:0"  # host:port; port 0 picks a free one
-    max_inflight: int = 64  # calls in progress before new ones get RESOURCE_EXHAUSTED
-    workers: int = 2  # threads running the core (FAISS releases the GIL); 0: on the event loop
-    tokens: Tokens = field(default_factory=Tokens)  # bearer tokens; none = no authentication
-    tls_cert: Path | None = None  # with tls_key: serve TLS
-    tls_key: Path | None = None
-    tls_client_ca: Path | None = None  # also require client certificates signed by this CA
-    metrics_port: int | None = None  # serve Prometheus /metrics on this port (0: any free)
-    reuse_port: bool = False  # let several processes listen on the same port
+Reload = Callable[[], Awaitable[tuple[str, str, float]]]
 
 
 @dataclass
@@ -60,35 +58,66 @@ class RunningServer:
     metrics_port: int | None
     artifacts: Path | None  # what reload() re-reads
     pool: ThreadPoolExecutor | None
-    _reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    store: EventStore | None = None
+    health_server: grpc.aio.Server | None = None
+    health_port: int | None = None
+    # Set by server.processes when several processes must reload together.
+    coordinated_reload: Reload | None = None
+    _reloading: asyncio.Task[tuple[str, str, float]] | None = field(default=None, repr=False)
 
     async def stop(self, grace: float | None) -> None:
         """Stop taking calls, let in-flight ones finish within ``grace`` seconds."""
-        await self.server.stop(grace)
+        stops = [self.server.stop(grace)]
+        if self.health_server is not None:
+            stops.append(self.health_server.stop(grace))
+        await asyncio.gather(*stops)
         if self.pool is not None:
             self.pool.shutdown(wait=False, cancel_futures=True)
+        if self.store is not None:
+            await self.store.close()
 
     async def reload(self) -> tuple[str, str, float]:
-        """Verify and load the artifact directory again, then swap the model in one
-        assignment. Returns (new version, previous version, load seconds); on any error
-        the old model keeps serving and the error propagates."""
+        """Reload the model everywhere it is served: in this process, or in every process
+        of the group. Single flight: a call while a reload runs joins it."""
+        if self._reloading is None:
+            self._reloading = asyncio.ensure_future(self._reload_once())
+        return await asyncio.shield(self._reloading)
+
+    async def _reload_once(self) -> tuple[str, str, float]:
+        try:
+            return await (self.coordinated_reload or self._reload_here)()
+        finally:
+            self._reloading = None
+
+    async def prepare(self) -> Recommender:
+        """Verify and load the artifact directory (the old model keeps serving meanwhile)."""
         if self.artifacts is None:
             raise RuntimeError("this server was not started from an artifact directory")
-        async with self._reload_lock:
-            previous = self.servicer.recommender.model_version
-            start = time.perf_counter()
-            try:
-                new = await asyncio.to_thread(load_recommender, self.artifacts)
-            except Exception as e:
-                self.metrics.reloads.labels("refused").inc()
-                log.error("reload refused, still serving %s: %s", previous, e)
-                raise
-            seconds = time.perf_counter() - start
-            self.servicer.recommender = new
-            self.metrics.model_loaded(new.model_version, seconds)
-            self.metrics.reloads.labels("ok").inc()
-            log.info("reloaded: serving %s (was %s), %.2fs", new.model_version, previous, seconds)
-            return new.model_version, previous, seconds
+        try:
+            return await asyncio.to_thread(load_recommender, self.artifacts)
+        except Exception as e:
+            self.metrics.reloads.labels("refused").inc()
+            log.error("reload refused, still serving %s: %s", self.model_version, e)
+            raise
+
+    def commit(self, new: Recommender, seconds: float) -> str:
+        """Serve ``new`` from now on (one assignment); returns the previous version."""
+        previous = self.model_version
+        self.servicer.recommender = new
+        self.metrics.model_loaded(new.model_version, seconds)
+        self.metrics.reloads.labels("ok").inc()
+        log.info("reloaded: serving %s (was %s), %.2fs", new.model_version, previous, seconds)
+        return previous
+
+    @property
+    def model_version(self) -> str:
+        return self.servicer.recommender.model_version
+
+    async def _reload_here(self) -> tuple[str, str, float]:
+        start = time.perf_counter()
+        new = await self.prepare()
+        seconds = time.perf_counter() - start
+        return new.model_version, self.commit(new, seconds), seconds
 
 
 def load_recommender(artifacts: Path) -> Recommender:
@@ -97,72 +126,91 @@ def load_recommender(artifacts: Path) -> Recommender:
 
 async def build_server(
     recommender: Recommender,
-    options: ServerOptions = ServerOptions(),
+    options: ServerOptions | None = None,
     artifacts: Path | None = None,
     load_seconds: float = 0.0,
+    store: EventStore | None = None,
+    reuse_port: bool = False,
 ) -> RunningServer:
-    """A started, SERVING server (``options.address`` with port 0 picks a free one);
-    ``artifacts`` is the directory ``reload`` re-reads, ``load_seconds`` how long loading
-    ``recommender`` took (a metric)."""
+    """A started, SERVING server (``options.port`` 0 picks a free one); ``artifacts`` is the
+    directory ``reload`` re-reads, ``load_seconds`` how long loading ``recommender`` took (a
+    metric), ``store`` where recorded events live (None: RecordEvents is refused),
+    ``reuse_port`` lets the processes of one group share the port."""
+    options = options or ServerOptions(port=0)
     # One OpenMP thread per search: parallelism comes from concurrent calls and processes.
     # The setting is per thread, so the workers set it too: left at FAISS's default (every
     # core) a worker's single query spun a second core (62k: Recommend c=1 p50 3.4 vs 2.8 ms).
     faiss.omp_set_num_threads(1)
+    max_connections = _raise_open_file_limit(options.max_connections)
+    tokens = Tokens.load(options.tokens_file)
+    admin_tokens = Tokens.load(options.admin_tokens_file, variable=ADMIN_TOKENS_ENV)
     metrics = Metrics()
+    guard = CallGuard(metrics, tokens, admin_tokens, options.max_inflight)
+    idle_ms = int(options.idle_timeout * 1000)
     server = grpc.aio.server(
-        interceptors=[CallGuard(metrics, options.tokens, options.max_inflight)],
+        maximum_concurrent_rpcs=options.max_inflight + HEALTH_RESERVE,
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            # One process: a port clash is an error, not a silently shared port.
-            ("grpc.so_reuseport", int(options.reuse_port)),
+            ("grpc.so_reuseport", int(reuse_port)),  # else a port clash is an error
+            ("grpc.max_allowed_incoming_connections", max_connections),
+            ("grpc.server_handshake_timeout_ms", HANDSHAKE_TIMEOUT_MS),
+            *([("grpc.max_connection_idle_ms", idle_ms)] if idle_ms else []),
         ],
     )
     pool = None
-    if options.workers > 0:
+    if options.threads > 0:
         pool = ThreadPoolExecutor(
-            options.workers, "movierec-worker", faiss.omp_set_num_threads, (1,)
+            options.threads, "movierec-worker", faiss.omp_set_num_threads, (1,)
         )
-    servicer = RecommenderServicer(recommender, pool)
-    recommender_pb2_grpc.add_RecommenderServiceServicer_to_server(servicer, server)
+    servicer = RecommenderServicer(recommender, pool, store, options.max_events_per_user)
     health_servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-    )
+    guard.register(server, recommender_pb2_grpc.add_RecommenderServiceServicer_to_server, servicer)
+    guard.register(server, health_pb2_grpc.add_HealthServicer_to_server, health_servicer)
+    names = (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME)
+    guard.register(server, reflection_pb2_grpc.add_ServerReflectionServicer_to_server,
+                   reflection.aio.ReflectionServicer(names))  # fmt: skip
+    credentials = None
     if options.tls_cert and options.tls_key:
         credentials = server_credentials(options.tls_cert, options.tls_key, options.tls_client_ca)
-        port = server.add_secure_port(options.address, credentials)
-    else:
-        port = server.add_insecure_port(options.address)
-    if port == 0:
-        raise OSError(f"cannot listen on {options.address}")
+    elif tokens.enabled and not _is_loopback(options.host):
+        log.warning(
+            "bearer tokens are accepted over plaintext on %s: anyone on the network path can "
+            "read them; serve TLS (--tls-cert, --tls-key)", options.host,
+        )  # fmt: skip
+    port = _listen(server, options, options.port, credentials)
+    health_server, health_port = None, None
+    if options.health_port is not None:  # plaintext, health only: for probes under mTLS
+        health_server = grpc.aio.server(options=[("grpc.so_reuseport", int(reuse_port))])
+        guard.register(health_server, health_pb2_grpc.add_HealthServicer_to_server,
+                       health_servicer)  # fmt: skip
+        health_port = _listen(health_server, options, options.health_port, None)
     metrics_port = None
     if options.metrics_port is not None:
-        host = options.address.rsplit(":", 1)[0].strip("[]")
-        metrics_port = start_metrics_server(metrics, host, options.metrics_port)
+        metrics_port = start_metrics_server(metrics, options.metrics_host, options.metrics_port)
     running = RunningServer(
-        server, port, servicer, health_servicer, metrics, metrics_port, artifacts, pool
-    )
-    recommender_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(running.reload), server)
+        server, port, servicer, health_servicer, metrics, metrics_port, artifacts, pool, store,
+        health_server, health_port,
+    )  # fmt: skip
+    if admin_tokens.enabled:
+        guard.register(server, recommender_pb2_grpc.add_AdminServiceServicer_to_server,
+                       AdminServicer(running.reload))  # fmt: skip
     metrics.model_loaded(recommender.model_version, load_seconds)
     await server.start()
+    if health_server is not None:
+        await health_server.start()
     for name in ("", *SERVICE_NAMES):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     return running
 
 
 async def serve(
-    recommender: Recommender,
-    artifacts: Path,
+    running: RunningServer,
     options: ServerOptions,
-    load_seconds: float,
-    grace: float = 10.0,
-    drain: float = 0.0,
-    on_ready: Callable[[int, int | None], None] | None = None,
+    on_ready: Callable[[RunningServer], None] | None = None,
+    reload_pending: bool = False,
 ) -> None:
-    """Serve a loaded model until SIGTERM or SIGINT, then shut down in order and return.
-    SIGHUP reloads the model from ``artifacts``. ``on_ready(port, metrics_port)``."""
-    running = await build_server(recommender, options, artifacts, load_seconds)
+    """Serve until SIGTERM or SIGINT, then shut down in order and return. SIGHUP reloads;
+    ``reload_pending``: a SIGHUP arrived while the model was loading, so reload at once."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -175,21 +223,75 @@ async def serve(
         task.add_done_callback(reloads.discard)
 
     loop.add_signal_handler(signal.SIGHUP, reload_on_hup)
+    if reload_pending:
+        reload_on_hup()
     log.info(
-        "serving model %s on %s (port %d)%s",
-        recommender.model_version, options.address, running.port,
+        "serving model %s on %s%s%s",
+        running.model_version, options.address(running.port),
+        f", health on port {running.health_port}" if running.health_port else "",
         f", metrics on port {running.metrics_port}" if running.metrics_port else "",
     )  # fmt: skip
     if on_ready:
-        on_ready(running.port, running.metrics_port)
+        on_ready(running)
     await stop.wait()
-    log.info("shutting down: NOT_SERVING, draining %.1fs, then %.1fs grace", drain, grace)
+    log.info(
+        "shutting down: NOT_SERVING, draining %.1fs, then %.1fs grace", options.drain, options.grace
+    )
     await running.health.enter_graceful_shutdown()
-    await asyncio.sleep(drain)
-    await running.stop(grace)
+    await asyncio.sleep(options.drain)
+    await running.stop(options.grace)
     log.info("stopped")
 
 
 async def _logged_reload(running: RunningServer) -> None:
     with contextlib.suppress(Exception):  # reload() logged it; the old model keeps serving
         await running.reload()
+
+
+def _listen(
+    server: grpc.aio.Server,
+    options: ServerOptions,
+    port: int,
+    credentials: grpc.ServerCredentials | None,
+) -> int:
+    address = options.address(port)
+    try:
+        if credentials is not None:
+            bound = server.add_secure_port(address, credentials)
+        else:
+            bound = server.add_insecure_port(address)
+    except RuntimeError:
+        bound = 0
+    if bound == 0:
+        raise UsageError(
+            f"cannot listen on {address}: the port is in use, or {options.host} is not an "
+            "address of this machine"
+        )
+    return bound
+
+
+def _raise_open_file_limit(max_connections: int) -> int:
+    """Raise this process's open-file limit to its hard maximum (every connection is a file;
+    the common soft limit of 1,024 let 1,100 idle connections lock health checks out), and
+    return how many connections fit under it with room for the model's files and the
+    store."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    if soft < target:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+    fits = max(16, soft - 256)
+    if max_connections > fits:
+        log.warning("--max-connections %d lowered to %d by the open-file limit", max_connections,
+                    fits)  # fmt: skip
+    return min(max_connections, fits)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -7,7 +7,9 @@ the core and the store share.)
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from movierec.artifacts import Key
 
@@ -27,3 +29,18 @@ class Event:
     type: EventType
     rating: float | None  # stars if the client gave them
     time: float  # unix seconds
+
+
+class EventStore(Protocol):
+    async def record(self, events: Sequence[Event]) -> None:
+        """Store all of them atomically; durable when it returns."""
+
+    async def recent(self, user: Key, limit: int) -> list[Event]:
+        """The user's most recent ``limit`` events, oldest first."""
+
+    async def close(self) -> None: ...
+
+
+def open_store(url: str | None, *, max_events_per_user: int = 1000) -> EventStore | None:
+    """Placeholder until the SQLite/Redis store lands: keeps nothing."""
+    return None

@@ -1,43 +1,73 @@
-"""The core: aggregate watched-movie vectors, search the FAISS index, exclude what was
-watched, return scored movies. Plain numpy/FAISS and no gRPC, so it is tested against a
-brute-force reference, benchmarked and reused (``movierec evaluate`` scores through it).
+"""The core: from a request (a known user, an inline history, dislikes, filters) to scored
+movies. A user's history is aggregated into one query vector and searched for in the FAISS
+index with everything excluded or filtered out inside the search; a user with nothing to go
+on gets the most popular movies that pass. Plain numpy/FAISS and no gRPC, so it is tested
+against brute force, benchmarked and reused (``movierec evaluate`` scores through it).
 
 Usage::
 
     rec = Recommender(read_artifacts(Path("artifacts/mls")))
-    rec.recommend(user_id=1, k=10)          # a known user's history
-    rec.recommend_for_movies([1, 2, 3], k=10)  # a new user: inline history
-    rec.similar(movie_id=1, k=10)
+    rec.recommend(Request(user=1, k=10))                            # a known user
+    rec.recommend(Request(movies=(1, 2, 3), dislikes=(4,)))         # an inline history
+    rec.recommend(Request(user=1, filter=Filter(genres_any=("Comedy",))), events)  # live
+    rec.similar(1, k=10)
 """
 
 from __future__ import annotations
 
+import enum
+import math
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
 
-import faiss
 import numpy as np
 import numpy.typing as npt
 
-from movierec.artifacts import Artifacts, Movie
-from movierec.errors import InvalidArgument, NotFound
+from movierec.artifacts import Artifacts, Key, MeanAggregation, Movie
+from movierec.errors import InvalidArgument, NotFound, StatusError
+from server.catalogue import Catalogue, Filter, Mask, Rows
+from server.events import Event, EventType
+from server.queries import History, query_for
+from server.search import DIVERSITY_CANDIDATES, Searcher
 
+DEFAULT_K = 10  # what k = 0 means
 MAX_K = 1000  # results per call; FAISS allocates k-sized buffers per query
-MAX_HISTORY = 10_000  # inline watched movies per call
+MAX_HISTORY = 10_000  # inline liked or disliked movies per call
+MAX_FILTER_IDS = 10_000  # ids in a filter's allow or exclude list
 MAX_EXPLAIN = 100  # contributing movies named per recommendation
-# Excluding up to 1% of the catalogue (within these bounds): search k + that many and filter;
-# more: a FAISS bitmap selector, whose cost does not grow with them but slows the scan ~1.2x.
-# Crossovers measured here: ~150 at 9.7k movies, ~700 at 62k, beyond 2,000 at 1M. An HNSW
-# index always takes the selector: over-fetching would force its search depth up to k + that
-# many (62k trained model, efSearch 256, same recall: p99 1,027 vs 1,407 us).
-OVERFETCH_MIN, OVERFETCH_MAX = 128, 2_000
+MAX_BATCH = 64  # requests per BatchRecommend
+# What one call may cost, in plain Recommends (k = 10, a 100-movie history, no explanation):
+# the product of history, k and explain otherwise lets one legal call cost ~500x a normal one.
+MAX_CALL_COST = 20.0
+MAX_BATCH_COST = 64.0  # a whole BatchRecommend
+
+
+class Reason(enum.IntEnum):
+    """Why a movie was recommended (values equal the proto enum movierec.v1.Reason)."""
+
+    PERSONAL = 1  # nearest to the user's history
+    POPULAR = 2  # no usable history: among the most rated movies that pass the filter
+
+
+@dataclass(frozen=True)
+class Request:
+    """One recommendation request, as the gRPC layer and the CLI build it."""
+
+    user: Key | None = None  # a user id: training history plus recorded events
+    movies: tuple[Key, ...] = ()  # or an inline history: liked movies
+    weights: tuple[float, ...] = ()  # one per inline movie (stars, recency, ...); default 1
+    dislikes: tuple[Key, ...] = ()  # disliked movies: pull the query away, never shown
+    k: int = DEFAULT_K
+    filter: Filter = field(default_factory=Filter)
+    include_watched: bool = False  # allow movies from the history itself
+    explain: int = 0  # name this many contributing history movies per result
+    diversity: float = 0.0  # 0 = pure relevance, up to 1 = re-rank for variety
 
 
 @dataclass(frozen=True)
 class Contribution:
-    movie: Movie  # a watched movie
-    share: float  # its part of the recommendation's score
+    movie: Movie  # a history movie
+    share: float  # its part of the recommendation's score (negative for a dislike)
 
 
 @dataclass(frozen=True)
@@ -45,7 +75,7 @@ class Explanation:
     """A score split exactly: sum(c.share for c in top) + rest + bias == score."""
 
     top: list[Contribution]  # largest shares first
-    rest: float  # the other watched movies' shares, summed
+    rest: float  # the other history movies' shares, summed
     bias: float  # the recommended movie's own term (its popularity prior); 0 for cosine models
 
 
@@ -53,223 +83,276 @@ class Explanation:
 class Scored:
     movie: Movie
     score: float
+    reason: Reason = Reason.PERSONAL
     explanation: Explanation | None = None
 
 
 @dataclass(frozen=True)
 class Recommendations:
     items: list[Scored]  # best first
-    ignored_movie_ids: list[int]  # inline ids the model does not know
+    ignored: list[Key] = field(default_factory=list)  # inline ids the model does not know
+    exhausted: bool = False  # fewer than k movies passed the exclusions and filters
 
 
 class Recommender:
     def __init__(self, artifacts: Artifacts) -> None:
         self.artifacts = artifacts
         self.model_version = artifacts.model_version
-        self._movies = artifacts.movies
-        self._vectors = artifacts.vectors
-        self._index = artifacts.index
-        self._histories = artifacts.histories
+        self.catalogue = Catalogue(artifacts)
         aggregation = artifacts.aggregation
-        self._like_threshold = float(aggregation.get("like_threshold", -np.inf))
-        # The index may carry one extra dimension (a bias); the query then ends in a 1.
-        self._append_one = bool(aggregation.get("append_one", False))
-        self._als = aggregation.get("method") == "als"
-        if self._als:  # least-squares fold-in: (Y'Y + reg I + sum (c-1) y y')^-1 sum c y
-            y = self._vectors.astype(np.float64)
-            self._regularized_gram = y.T @ y + aggregation["regularization"] * np.eye(y.shape[1])
-            self._alpha = float(aggregation["alpha"])
-            self._inline_stars = float(aggregation["inline_stars"])
-        hnsw = getattr(faiss.downcast_index(self._index), "hnsw", None)
-        self._ef_search: int | None = int(hnsw.efSearch) if hnsw is not None else None
-        overfetch = min(max(OVERFETCH_MIN, self._index.ntotal // 100), OVERFETCH_MAX)
-        self._overfetch = 0 if hnsw is not None else overfetch
-        self._order = np.argsort(artifacts.movie_ids)  # row_of via binary search, vectorised
-        self._sorted_ids = artifacts.movie_ids[self._order]
+        self._like_threshold = aggregation.like_threshold
+        self._bias_dimension = isinstance(aggregation, MeanAggregation) and aggregation.append_one
+        self._query = query_for(artifacts.vectors, aggregation)
+        norms = np.linalg.norm(artifacts.vectors, axis=1, keepdims=True)
+        unit = (artifacts.vectors / np.maximum(norms, 1e-12)).astype(np.float32)
+        self._searcher = Searcher(artifacts.index, unit)
+        self._index = artifacts.index
+        self._dim = int(artifacts.index.d)
+        self._normal_cost = self._cost_us(100, DEFAULT_K, 0, 0.0)
 
     @property
     def num_movies(self) -> int:
-        return len(self._movies)
+        return len(self.catalogue)
 
-    def movie(self, movie_id: int) -> Movie:
-        return self._movies[int(self._row_of(movie_id)[0])]
-
-    def recommend(
-        self, user_id: int, k: int, include_watched: bool = False, explain: int = 0
-    ) -> Recommendations:
-        """Top-k for a user known to the model, from their training history (the liked part
-        of it, as in training). ``explain`` > 0 names that many contributing movies each."""
-        _check_k(k)
-        _check_explain(explain)
-        found = self._histories.lookup(user_id)
+    def movie(self, movie_id: Key) -> tuple[Movie, bool]:
+        """Any catalogued movie and whether it has a vector (can be recommended)."""
+        found = self.catalogue.movie(movie_id)
         if found is None:
-            raise NotFound(f"user {user_id} is not known to this model")
-        rows, ratings = found
-        liked = ratings >= self._like_threshold
-        used, stars = (rows[liked], ratings[liked]) if liked.any() else (rows, ratings)
-        query = self._aggregate(used, stars)
-        ids, scores = self._search(query, k, None if include_watched else rows)
-        return Recommendations(self._results(ids, scores, used, stars, explain), [])
+            raise NotFound(f"movie {movie_id!r} is not in the catalogue")
+        return found
 
-    def recommend_for_movies(
-        self, movie_ids: Sequence[int], k: int, include_watched: bool = False, explain: int = 0
-    ) -> Recommendations:
-        """Top-k for an inline history (a new user). Unknown ids are skipped and reported;
-        if none is known, NotFound."""
-        _check_k(k)
-        _check_explain(explain)
-        if not 1 <= len(movie_ids) <= MAX_HISTORY:
+    def recommend(self, request: Request, events: Sequence[Event] = ()) -> Recommendations:
+        """Top-k for a known user (their training history and ``events``, most recent last),
+        or for an inline history; the most popular movies for a user with neither."""
+        self._check(request)
+        history, seen, ignored = self._history(request, events)
+        self._check_cost(request, len(history) + len(seen))
+        allowed = self.catalogue.allowed(request.filter)
+        excluded = history.disliked if request.include_watched else seen
+        if not len(history.liked):
+            return self._popular(request.k, allowed, excluded, ignored)
+        query = self._query.vector(history)
+        if request.diversity > 0:
+            rows, scores = self._searcher.diversify(
+                query, request.k, excluded, allowed, request.diversity
+            )
+        else:
+            rows, scores = self._searcher.search(query, request.k, excluded, allowed)
+        items = self._results(rows, scores, history, request.explain)
+        return Recommendations(items, ignored, exhausted=len(items) < request.k)
+
+    def recommend_batch(
+        self, requests: Sequence[Request], events: Sequence[Sequence[Event]]
+    ) -> list[Recommendations | StatusError]:
+        """Each request answered on its own (a bad one fails alone), in order."""
+        if len(requests) > MAX_BATCH:
             raise InvalidArgument(
-                f"movie_ids must hold 1 to {MAX_HISTORY} ids, got {len(movie_ids)}"
+                f"a batch holds at most {MAX_BATCH} requests, got {len(requests)}"
             )
-        rows, ignored = self._rows_of(movie_ids)
-        if not len(rows):
-            shown = ", ".join(map(str, ignored[:10])) + (", ..." if len(ignored) > 10 else "")
-            raise NotFound(f"none of the movie_ids is in the catalogue: {shown}")
-        ids, scores = self._search(self._aggregate(rows), k, None if include_watched else rows)
-        return Recommendations(self._results(ids, scores, rows, None, explain), ignored)
+        total = 0.0
+        for r, e in zip(requests, events, strict=True):
+            total += self._cost_us(len(r.movies) + len(r.dislikes) + len(e), max(r.k, 1),
+                                   r.explain, r.diversity) / self._normal_cost  # fmt: skip
+        if total > MAX_BATCH_COST:
+            raise InvalidArgument(
+                f"this batch would cost ~{total:.0f}x a plain Recommend; the limit is "
+                f"{MAX_BATCH_COST:.0f}x: split it or lower k and explain"
+            )
+        out: list[Recommendations | StatusError] = []
+        for r, e in zip(requests, events, strict=True):
+            try:
+                out.append(self.recommend(r, e))
+            except StatusError as error:
+                out.append(error)
+        return out
 
-    def similar(self, movie_id: int, k: int) -> list[Scored]:
-        """The k movies nearest to one movie, itself excluded."""
+    def similar(
+        self, movie_id: Key, k: int = DEFAULT_K, filter: Filter | None = None
+    ) -> Recommendations:
+        """The k movies nearest to one movie, itself excluded, passing ``filter``."""
         _check_k(k)
-        rows = self._row_of(movie_id)
-        return self._results(*self._search(self._aggregate(rows), k, rows), rows, None, 0)
+        row = self.catalogue.row_of(movie_id)
+        if row is None:
+            what = "has no vector in this model" if self.catalogue.knows(movie_id) else (
+                "is not in the catalogue")  # fmt: skip
+            raise NotFound(f"movie {movie_id!r} {what}")
+        rows = np.array([row], np.int64)
+        history = History(rows, np.ones(1), np.full(1, np.nan), np.zeros(0, np.int64))
+        query = self._query.vector(history)
+        allowed = self.catalogue.allowed(filter or Filter())
+        found, scores = self._searcher.search(query, k, rows, allowed)
+        items = self._results(found, scores, history, 0)
+        return Recommendations(items, exhausted=len(items) < k)
 
-    def _row_of(self, movie_id: int) -> npt.NDArray[np.int64]:
-        """The movie's row, as a 1-element array; NotFound if the model lacks it."""
-        rows, _ = self._rows_of([movie_id])
-        if not len(rows):
-            raise NotFound(f"movie {movie_id} is not in the catalogue")
-        return rows
+    # --- the history -------------------------------------------------------------------
 
-    def _rows_of(self, movie_ids: Sequence[int]) -> tuple[npt.NDArray[np.int64], list[int]]:
-        ids = _sorted_unique(np.asarray(movie_ids, dtype=np.int64))
-        pos = np.minimum(np.searchsorted(self._sorted_ids, ids), len(self._sorted_ids) - 1)
-        known = self._sorted_ids[pos] == ids
-        return self._order[pos[known]], ids[~known].tolist()
+    def _history(
+        self, request: Request, events: Sequence[Event]
+    ) -> tuple[History, Rows, list[Key]]:
+        """(what to aggregate, rows never to recommend, inline ids the model does not know)."""
+        none = np.zeros(0, np.int64)
+        disliked, ignored = self.catalogue.rows_of(request.dislikes)
+        if request.user is None:
+            keys = request.movies
+            rows, known = self.catalogue.lookup(keys)
+            ignored = _unique_keys([k for k, ok in zip(keys, known, strict=True) if not ok]
+                                   + ignored)  # fmt: skip
+            given = request.weights or (1.0,) * len(keys)
+            weights = np.asarray(given, np.float64)[known]
+            liked, inverse = np.unique(rows[known], return_inverse=True)
+            summed = np.bincount(inverse, weights=weights, minlength=len(liked)).astype(np.float64)
+            if len(np.intersect1d(liked, disliked)):
+                raise InvalidArgument("a movie is both in movie_ids and negative_movie_ids")
+            history = History(liked, summed, np.full(len(liked), np.nan), disliked)
+            return history, np.union1d(liked, disliked), ignored
+        found = self.artifacts.histories.lookup(request.user)
+        trained, ratings = found if found is not None else (none, np.zeros(0, np.float32))
+        rows = trained.astype(np.int64)
+        is_liked = ratings >= self._like_threshold
+        if not is_liked.any():  # a user who liked nothing: their ratings still say something
+            is_liked[:] = True
+        liked, stars = rows[is_liked], ratings[is_liked].astype(np.float64)
+        seen = rows
+        if events:
+            liked, stars, disliked, seen = self._overlay(liked, stars, disliked, seen, events)
+        liked_mask = ~np.isin(liked, disliked)
+        liked, stars = liked[liked_mask], stars[liked_mask]
+        history = History(liked, np.ones(len(liked)), stars, disliked)
+        return history, np.union1d(seen, disliked), ignored
 
-    def _aggregate(
-        self, rows: npt.NDArray[np.integer], stars: npt.NDArray[np.float32] | None = None
-    ) -> npt.NDArray[np.float32]:
-        """The query for a history: the element-wise mean of the rows' vectors re-normalised to
-        unit length (then a 1 appended when the index carries a bias dimension); for ALS its
-        least-squares fold-in, each movie weighted by its stars (``inline_stars`` if none)."""
-        if self._als:
-            system, y, c = self._fold_in_system(rows, stars)
-            return np.linalg.solve(system, y.T @ c).astype(np.float32).reshape(1, -1)
-        mean = np.take(self._vectors, rows, axis=0).mean(axis=0, dtype=np.float32)
-        mean /= max(float(np.linalg.norm(mean)), 1e-12)
-        query: npt.NDArray[np.float32] = (
-            np.append(mean, np.float32(1.0)) if self._append_one else mean
+    def _overlay(
+        self,
+        liked: Rows,
+        stars: npt.NDArray[np.float64],
+        disliked: Rows,
+        seen: Rows,
+        events: Sequence[Event],
+    ) -> tuple[Rows, npt.NDArray[np.float64], Rows, Rows]:
+        """Recorded events on top of the training history: WATCH and LIKE add (a watch rated
+        below the like threshold only counts as seen), DISLIKE subtracts; a movie's latest
+        event decides its state."""
+        rows, known = self.catalogue.lookup([e.movie for e in events])
+        latest: dict[int, Event] = {}  # oldest first, so later events overwrite
+        for row, ok, event in zip(rows.tolist(), known.tolist(), events, strict=True):
+            if ok:
+                latest[row] = event
+        touched = np.fromiter(latest, np.int64, len(latest))
+        keep = ~np.isin(liked, touched)  # the events' verdict replaces training's
+        new_liked, new_stars, new_disliked = [], [], []
+        for row, e in latest.items():
+            if e.type == EventType.DISLIKE:
+                new_disliked.append(row)
+            elif e.type == EventType.LIKE or e.rating is None or e.rating >= self._like_threshold:
+                new_liked.append(row)
+                new_stars.append(np.nan if e.rating is None else e.rating)
+        return (
+            np.concatenate([liked[keep], np.array(new_liked, np.int64)]),
+            np.concatenate([stars[keep], np.array(new_stars, np.float64)]),
+            np.union1d(disliked, np.array(new_disliked, np.int64)),
+            np.union1d(seen, touched),
         )
-        return query.reshape(1, -1)
 
-    def _parts(
-        self, rows: npt.NDArray[np.integer], stars: npt.NDArray[np.float32] | None
-    ) -> npt.NDArray[np.float64]:
-        """One vector per watched movie, summing to the query (without its bias 1): the
-        query is linear in the history, so each score splits exactly into their shares."""
-        if self._als:
-            system, y, c = self._fold_in_system(rows, stars)
-            return np.linalg.solve(system, y.T).T * c[:, None]
-        vectors = np.take(self._vectors, rows, axis=0).astype(np.float64)
-        norm = max(float(np.linalg.norm(vectors.mean(axis=0))), 1e-12)
-        return vectors / (len(rows) * norm)
+    # --- answers -----------------------------------------------------------------------
 
-    def _fold_in_system(
-        self, rows: npt.NDArray[np.integer], stars: npt.NDArray[np.float32] | None
-    ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64], npt.NDArray[np.float64]]:
-        y = np.take(self._vectors, rows, axis=0).astype(np.float64)
-        stars_ = np.full(len(rows), self._inline_stars) if stars is None else stars
-        c = self._alpha * np.asarray(stars_, dtype=np.float64)
-        return self._regularized_gram + (y.T * (c - 1)) @ y, y, c
-
-    def _search(
-        self, query: npt.NDArray[np.float32], k: int, exclude: npt.NDArray[np.integer] | None
-    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
-        """Rows and scores of the k best, ``exclude`` never among them."""
-        excluded = _sorted_unique(exclude) if exclude is not None else np.zeros(0, np.int64)
-        k = min(k, self._index.ntotal - len(excluded))
-        if k <= 0:
-            return np.zeros(0, np.int64), np.zeros(0, np.float32)
-        if len(excluded) <= self._overfetch:  # for HNSW: only when nothing is excluded
-            # The excluded movies can take at most len(excluded) of the k + len(excluded) best.
-            scores, ids = self._index.search(
-                query, k + len(excluded), params=self._params(k + len(excluded))
-            )
-            pos = np.minimum(np.searchsorted(excluded, ids[0]), max(len(excluded) - 1, 0))
-            keep = ids[0] >= 0
-            if len(excluded):
-                keep &= excluded[pos] != ids[0]
-            return ids[0][keep][:k], scores[0][keep][:k]
-        bitmap = np.zeros((self._index.ntotal + 7) // 8, np.uint8)  # n/8 bytes
-        np.bitwise_or.at(bitmap, excluded >> 3, np.left_shift(1, excluded & 7).astype(np.uint8))
-        # FAISS keeps a raw pointer to bitmap, referenced here until the search is done.
-        inner = faiss.IDSelectorBitmap(self._index.ntotal, faiss.swig_ptr(bitmap))
-        params = self._params(k, faiss.IDSelectorNot(inner))
-        scores, ids = self._index.search(query, k, params=params)
-        found = ids[0] >= 0
-        return ids[0][found], scores[0][found]
-
-    def _params(self, k: int, selector: faiss.IDSelector | None = None) -> Any:
-        """Search parameters: the exclusion selector, and for HNSW a search depth of at
-        least k (its efSearch bounds how many results it can return)."""
-        # faiss's Python wrapper takes these as keywords; its stubs do not know them
-        if self._ef_search is not None:
-            ef = max(self._ef_search, k)
-            return faiss.SearchParametersHNSW(sel=selector, efSearch=ef)  # type: ignore[attr-defined]
-        return faiss.SearchParameters(sel=selector) if selector is not None else None  # type: ignore[call-arg]
+    def _popular(
+        self, k: int, allowed: Mask | None, excluded: Rows, ignored: list[Key]
+    ) -> Recommendations:
+        mask = np.ones(len(self.catalogue), bool) if allowed is None else allowed.copy()
+        mask[excluded] = False
+        rows, scores = self.catalogue.popular(k, mask)
+        movies = self.catalogue.movies
+        pairs = zip(rows.tolist(), scores.tolist(), strict=True)
+        items = [Scored(movies[r], s, Reason.POPULAR) for r, s in pairs]
+        return Recommendations(items, ignored, exhausted=len(items) < k)
 
     def _results(
-        self,
-        ids: npt.NDArray[np.int64],
-        scores: npt.NDArray[np.float32],
-        watched: npt.NDArray[np.integer],
-        stars: npt.NDArray[np.float32] | None,
-        explain: int,
+        self, rows: Rows, scores: npt.NDArray[np.float32], history: History, explain: int
     ) -> list[Scored]:
-        why: list[Explanation | None] = [None] * len(ids)
-        if explain:
-            why = list(self._explain(ids, watched, stars, explain))
+        movies = self.catalogue.movies
+        if not explain:
+            return [
+                Scored(movies[r], s) for r, s in zip(rows.tolist(), scores.tolist(), strict=True)
+            ]
+        why = self._explain(rows, history, explain)
         return [
-            Scored(self._movies[i], s, w)
-            for i, s, w in zip(ids.tolist(), scores.tolist(), why, strict=True)
+            Scored(movies[r], s, Reason.PERSONAL, w)
+            for r, s, w in zip(rows.tolist(), scores.tolist(), why, strict=True)
         ]
 
-    def _explain(
-        self,
-        ids: npt.NDArray[np.int64],
-        watched: npt.NDArray[np.integer],
-        stars: npt.NDArray[np.float32] | None,
-        top: int,
-    ) -> list[Explanation]:
-        """Split each score into one share per watched movie plus the movie's bias."""
-        parts = self._parts(watched, stars)
-        targets = self._index.reconstruct_batch(ids)
+    def _explain(self, rows: Rows, history: History, top: int) -> list[Explanation]:
+        """Split each score into one share per history movie plus the movie's bias."""
+        parts = self._query.parts(history)
+        targets = self._index.reconstruct_batch(rows)
         d = parts.shape[1]
-        bias = targets[:, d] if self._append_one else np.zeros(len(ids), np.float32)
-        shares = targets[:, :d] @ parts.T  # (recommended, watched)
+        bias = targets[:, d] if self._bias_dimension else np.zeros(len(rows), np.float32)
+        shares = targets[:, :d] @ parts.T  # (recommended, history)
         order = np.argsort(-shares, axis=1, kind="stable")[:, :top]
+        movies, history_rows = self.catalogue.movies, history.rows
         out = []
         for j, row in enumerate(shares):
             best = order[j]
-            named = [Contribution(self._movies[int(watched[i])], float(row[i])) for i in best]
-            rest = float(row.sum() - row[best].sum())
-            out.append(Explanation(named, rest, float(bias[j])))
+            named = [Contribution(movies[int(history_rows[i])], float(row[i])) for i in best]
+            out.append(Explanation(named, float(row.sum() - row[best].sum()), float(bias[j])))
         return out
 
+    # --- limits ------------------------------------------------------------------------
 
-def _sorted_unique(a: npt.NDArray[np.integer]) -> npt.NDArray[np.int64]:
-    """np.unique for small id arrays: numpy 2's hash-based unique took ~0.2 ms for 2,000."""
-    s: npt.NDArray[np.int64] = np.sort(a.astype(np.int64, copy=False))
-    return s[np.concatenate(([True], s[1:] != s[:-1]))] if len(s) else s
+    def _check(self, r: Request) -> None:
+        _check_k(r.k)
+        if not 0 <= r.explain <= MAX_EXPLAIN:
+            raise InvalidArgument(f"explain must be between 0 and {MAX_EXPLAIN}, got {r.explain}")
+        if not (0.0 <= r.diversity <= 1.0):  # also refuses NaN
+            raise InvalidArgument(f"diversity must be between 0 and 1, got {r.diversity}")
+        if (r.user is None) == (not r.movies):
+            raise InvalidArgument("set exactly one of user_id or movie_ids")
+        for name, ids in (("movie_ids", r.movies), ("negative_movie_ids", r.dislikes)):
+            if len(ids) > MAX_HISTORY:
+                raise InvalidArgument(f"{name} must hold at most {MAX_HISTORY} ids, got {len(ids)}")
+        for name, ids in (("allow", r.filter.allow), ("exclude", r.filter.exclude)):
+            if len(ids) > MAX_FILTER_IDS:
+                raise InvalidArgument(
+                    f"filter.{name}_movie_ids must hold at most {MAX_FILTER_IDS} ids, "
+                    f"got {len(ids)}"
+                )
+        if r.weights:
+            if len(r.weights) != len(r.movies):
+                raise InvalidArgument(
+                    f"weights must hold one value per movie_ids entry ({len(r.movies)}), "
+                    f"got {len(r.weights)}"
+                )
+            if not all(math.isfinite(w) and w >= 0 for w in r.weights) or not any(r.weights):
+                raise InvalidArgument(
+                    "weights must be finite and >= 0, not all 0 (dislikes go in negative_movie_ids)"
+                )
 
+    def _check_cost(self, r: Request, history: int) -> None:
+        cost = self._cost_us(history, r.k, r.explain, r.diversity) / self._normal_cost
+        if cost > MAX_CALL_COST:
+            raise InvalidArgument(
+                f"this call would cost ~{cost:.0f}x a plain Recommend (history {history}, "
+                f"k {r.k}, explain {r.explain}); the limit is {MAX_CALL_COST:.0f}x: lower k, "
+                "explain or the history"
+            )
 
-def _check_explain(explain: int) -> None:
-    if not 0 <= explain <= MAX_EXPLAIN:
-        raise InvalidArgument(f"explain must be between 0 and {MAX_EXPLAIN}, got {explain}")
+    def _cost_us(self, history: int, k: int, explain: int, diversity: float) -> float:
+        """Rough microseconds of server work for a call of this size, from measured rates:
+        the fixed per-call cost, one index scan, aggregation, results (each a message), the
+        explanation's share matrix and named contributions, and the diversity re-ranking."""
+        n, d = len(self.catalogue), self._dim
+        candidates = k * DIVERSITY_CANDIDATES if diversity else k
+        us = 250 + n * d / 13_000 + history * d / 6_000 + candidates * 2.0
+        if explain:
+            us += k * history * d / 2_000 + k * explain * 1.0
+        if diversity:
+            us += k * candidates * d / 2_000
+        return us
 
 
 def _check_k(k: int) -> None:
     if not 1 <= k <= MAX_K:
         raise InvalidArgument(f"k must be between 1 and {MAX_K}, got {k}")
+
+
+def _unique_keys(keys: list[Key]) -> list[Key]:
+    """Each key once, in first-seen order."""
+    return list(dict.fromkeys(keys))

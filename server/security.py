@@ -1,8 +1,10 @@
 """Who may call: TLS (optionally mutual) server credentials and bearer tokens.
 
-Tokens come from a file (one per line, ``#`` comments) or the ``MOVIEREC_TOKENS`` environment
-variable (comma-separated); clients send ``authorization: Bearer <token>`` metadata. Tokens are
-compared in constant time, so response timing does not reveal how much of a guess matched.
+Tokens come from a file (one per line, the whole line; lines starting with ``#`` are comments)
+or the ``MOVIEREC_TOKENS`` environment variable (comma-separated); clients send
+``authorization: Bearer <token>`` metadata. Admin tokens (AdminService) are a separate set.
+Tokens are compared in constant time, so response timing does not reveal how much of a guess
+matched.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import grpc
 from movierec.errors import UsageError
 
 TOKENS_ENV = "MOVIEREC_TOKENS"
+ADMIN_TOKENS_ENV = "MOVIEREC_ADMIN_TOKENS"
 
 
 @dataclass(frozen=True)
@@ -27,19 +30,31 @@ class Tokens:
     values: tuple[bytes, ...] = ()
 
     @classmethod
-    def load(cls, file: Path | None = None, env: str | None = None) -> Tokens:
-        lines: list[str] = []
+    def load(
+        cls, file: Path | None = None, env: str | None = None, variable: str = TOKENS_ENV
+    ) -> Tokens:
+        """Tokens from ``file`` and the environment variable ``variable`` (``env`` overrides
+        its value). In the file every line is one token, whole: only surrounding whitespace
+        is dropped, and only lines that start with ``#`` are comments, so a token may hold
+        any printable character (a ``#`` in the middle is part of it)."""
+        tokens: list[str] = []
         if file is not None:
             try:
-                lines = file.read_text().splitlines()
-            except OSError as e:
-                raise UsageError(f"cannot read tokens file {file}: {e.strerror}") from e
-        raw = os.environ.get(TOKENS_ENV, "") if env is None else env
-        lines += raw.split(",")
-        values = tuple(t.encode() for t in (x.split("#")[0].strip() for x in lines) if t)
-        if file is not None and not values:
-            raise UsageError(f"tokens file {file} holds no token")
-        return cls(values)
+                lines = file.read_text(encoding="utf-8").splitlines()
+            except (OSError, UnicodeDecodeError) as e:
+                raise UsageError(f"cannot read tokens file {file}: {e}") from e
+            tokens += [t for t in (line.strip() for line in lines) if t and not t.startswith("#")]
+            if not tokens:
+                raise UsageError(f"tokens file {file} holds no token")
+        raw = os.environ.get(variable, "") if env is None else env
+        tokens += [t.strip() for t in raw.split(",") if t.strip()]
+        for t in tokens:
+            if not all("!" <= c <= "~" for c in t):  # what a metadata value can carry
+                where = str(file) if file is not None else variable
+                raise UsageError(
+                    f"{where}: a token has a space or a non-printable or non-ASCII character"
+                )
+        return cls(tuple(t.encode() for t in tokens))
 
     @property
     def enabled(self) -> bool:

@@ -1,82 +1,165 @@
-"""RecommenderService over gRPC: validate the request, call the core, build the response.
-Domain errors become status codes in one place (``_status_of``); no exception ever reaches a
-client as UNKNOWN with a traceback."""
+"""RecommenderService and AdminService over gRPC: map messages to the core's types and back.
+Validation with a meaning lives in the core; errors become status codes in the guard
+(``server.guard``), so handlers here raise ``movierec.errors`` exceptions and nothing else."""
 
 from __future__ import annotations
 
 import asyncio
-import functools
-import logging
+import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Executor
 from typing import Any, TypeVar
 
 import grpc
+from google.rpc import status_pb2
 
-from movierec.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, StatusError
+from movierec.artifacts import Key, Movie
+from movierec.errors import (
+    DeadlineExceeded,
+    FailedPrecondition,
+    InvalidArgument,
+    StatusError,
+)
 from movierec.v1 import recommender_pb2 as pb
 from movierec.v1 import recommender_pb2_grpc as pb_grpc
-from server.recommender import Recommender, Scored
-
-log = logging.getLogger(__name__)
+from server.catalogue import Filter
+from server.events import Event, EventStore, EventType
+from server.recommender import DEFAULT_K, Recommendations, Recommender, Request, Scored
 
 Context = grpc.aio.ServicerContext[Any, Any]
-Req = TypeVar("Req")
-Resp = TypeVar("Resp")
-Servicer = TypeVar("Servicer")
-Handler = Callable[[Servicer, Req, Context], Awaitable[Resp]]
-
-
-def _rpc(handler: Handler[Servicer, Req, Resp]) -> Handler[Servicer, Req, Resp]:
-    """Map domain errors to their status code and anything unexpected to INTERNAL, logged
-    here with its traceback and never sent to the client."""
-
-    @functools.wraps(handler)
-    async def wrapper(self: Servicer, request: Req, context: Context) -> Resp:
-        try:
-            return await handler(self, request, context)
-        except StatusError as e:
-            await context.abort(grpc.StatusCode[e.code], e.message)
-        except grpc.aio.AbortError:
-            raise
-        except Exception:
-            log.exception("%s failed", handler.__name__)
-            await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the server log")
-        raise AssertionError("unreachable: abort raises")
-
-    return wrapper
-
-
-def _recommendation(item: Scored) -> pb.Recommendation:
-    m = item.movie
-    out = pb.Recommendation(
-        movie_id=m.movie_id, title=m.title, genres=m.genres, similarity=item.score, year=m.year or 0
-    )
-    if (why := item.explanation) is not None:
-        top = [pb.Contribution(movie_id=c.movie.movie_id, title=c.movie.title, share=c.share)
-               for c in why.top]  # fmt: skip
-        out.explanation.CopyFrom(pb.Explanation(top=top, rest=why.rest, bias=why.bias))
-    return out
+Result = TypeVar("Result")
+MAX_EVENTS_PER_CALL = 1000  # RecordEvents
 
 
 class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
-    """Handlers parse and validate on the event loop, then run the core on a worker pool:
-    FAISS releases the GIL, so searches use every core, and the loop stays free to admit,
-    shed and health-check while workers are busy. Without a pool the core runs on the loop
-    itself: no hand-off to a thread and back, but each search holds up every other call."""
+    """Handlers parse on the event loop and run the core either on a worker pool (FAISS
+    releases the GIL, so searches use every core while the loop admits, sheds and answers
+    health checks) or, without a pool, on the loop itself (no hand-off to a thread and back,
+    but each search holds up every other call)."""
 
-    def __init__(self, recommender: Recommender, pool: Executor | None) -> None:
+    def __init__(
+        self,
+        recommender: Recommender,
+        pool: Executor | None,
+        store: EventStore | None = None,
+        max_events_per_user: int = 1000,
+    ) -> None:
         # Swapped as one reference on reload; each call reads it once, so an answer never
         # mixes two models.
         self.recommender = recommender
         self._pool = pool
+        self._store = store
+        self._max_events = max_events_per_user
 
-    async def _work(self, context: Context, fn: Callable[[], Resp]) -> Resp:
+    async def Recommend(
+        self, request: pb.RecommendRequest, context: Context
+    ) -> pb.RecommendResponse:
+        rec = self.recommender
+        query = _request(request)
+        events = await self._events_of(query.user)
+        return await self._work(context, lambda: _response(rec, rec.recommend(query, events)))
+
+    async def BatchRecommend(
+        self, request: pb.BatchRecommendRequest, context: Context
+    ) -> pb.BatchRecommendResponse:
+        rec = self.recommender
+        parsed: list[Request | StatusError] = []
+        for entry in request.requests:
+            try:
+                parsed.append(_request(entry))
+            except StatusError as e:
+                parsed.append(e)
+        valid = [p for p in parsed if isinstance(p, Request)]
+        events = await asyncio.gather(*(self._events_of(p.user) for p in valid))
+
+        def work() -> pb.BatchRecommendResponse:
+            answers = iter(rec.recommend_batch(valid, events))
+            results = []
+            for p in parsed:
+                answer = next(answers) if isinstance(p, Request) else p
+                if isinstance(answer, StatusError):
+                    code = grpc.StatusCode[answer.code].value[0]
+                    error = status_pb2.Status(code=code, message=answer.message)
+                    results.append(pb.BatchResult(error=error))
+                else:
+                    results.append(pb.BatchResult(response=_response(rec, answer)))
+            return pb.BatchRecommendResponse(results=results, model_version=rec.model_version)
+
+        return await self._work(context, work)
+
+    async def SimilarMovies(
+        self, request: pb.SimilarMoviesRequest, context: Context
+    ) -> pb.SimilarMoviesResponse:
+        rec = self.recommender
+        movie = _one_key(request.movie_id, request.movie_key, "movie")
+        rules = _filter(request.filter)
+
+        def work() -> pb.SimilarMoviesResponse:
+            found = rec.similar(movie, request.k or DEFAULT_K, rules)
+            return pb.SimilarMoviesResponse(
+                recommendations=[_recommendation(s) for s in found.items],
+                model_version=rec.model_version,
+                exhausted=found.exhausted,
+            )
+
+        return await self._work(context, work)
+
+    async def GetMovie(self, request: pb.GetMovieRequest, context: Context) -> pb.GetMovieResponse:
+        rec = self.recommender  # a lookup: not worth a trip to the pool
+        m, indexed = rec.movie(_one_key(request.movie_id, request.movie_key, "movie"))
+        movie_id, movie_key = _ids(m.movie_id)
+        movie = pb.Movie(movie_id=movie_id, movie_key=movie_key, title=m.title, genres=m.genres,
+                         year=m.year or 0, indexed=indexed)  # fmt: skip
+        return pb.GetMovieResponse(movie=movie, model_version=rec.model_version)
+
+    async def RecordEvents(
+        self, request: pb.RecordEventsRequest, context: Context
+    ) -> pb.RecordEventsResponse:
+        if self._store is None:
+            raise FailedPrecondition("this server keeps no events (started with --events none)")
+        if len(request.events) > MAX_EVENTS_PER_CALL:
+            raise InvalidArgument(
+                f"at most {MAX_EVENTS_PER_CALL} events per call, got {len(request.events)}"
+            )
+        catalogue, now = self.recommender.catalogue, time.time()
+        events: list[Event] = []
+        ignored_ids: list[int] = []
+        ignored_keys: list[str] = []
+        for i, e in enumerate(request.events):
+            if e.type not in (pb.WATCH, pb.LIKE, pb.DISLIKE):
+                raise InvalidArgument(f"events[{i}].type must be WATCH, LIKE or DISLIKE")
+            rating = e.rating if e.HasField("rating") else None
+            if rating is not None and not (math.isfinite(rating) and 0 <= rating <= 10):
+                raise InvalidArgument(f"events[{i}].rating must be between 0 and 10")
+            user = _one_key(e.user_id, e.user_key, f"events[{i}].user")
+            movie = _one_key(e.movie_id, e.movie_key, f"events[{i}].movie")
+            if not catalogue.knows(movie):
+                if e.movie_key:
+                    ignored_keys.append(e.movie_key)
+                else:
+                    ignored_ids.append(e.movie_id)
+                continue
+            when = e.time.seconds + e.time.nanos / 1e9 if e.HasField("time") else now
+            events.append(Event(user, movie, EventType(e.type), rating, when))
+        if events:
+            await self._store.record(events)
+        return pb.RecordEventsResponse(
+            recorded=len(events),
+            ignored_movie_ids=list(dict.fromkeys(ignored_ids)),
+            ignored_movie_keys=list(dict.fromkeys(ignored_keys)),
+        )
+
+    async def _events_of(self, user: Key | None) -> Sequence[Event]:
+        if user is None or self._store is None:
+            return ()
+        return await self._store.recent(user, self._max_events)
+
+    async def _work(self, context: Context, fn: Callable[[], Result]) -> Result:
         remaining = context.time_remaining()
         deadline = None if remaining is None else time.monotonic() + remaining
 
-        def run() -> Resp:
+        def run() -> Result:
             if deadline is not None and time.monotonic() >= deadline:
                 raise DeadlineExceeded("deadline passed while the call waited for a worker")
             return fn()
@@ -85,60 +168,11 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
             return run()
         return await asyncio.get_running_loop().run_in_executor(self._pool, run)
 
-    @_rpc
-    async def Recommend(
-        self, request: pb.RecommendRequest, context: Context
-    ) -> pb.RecommendResponse:
-        rec = self.recommender
-        has_user = request.HasField("user_id")
-        if has_user == bool(request.movie_ids):
-            raise InvalidArgument("set exactly one of user_id or movie_ids")
-
-        def work() -> pb.RecommendResponse:
-            if has_user:
-                result = rec.recommend(
-                    request.user_id, request.k, request.include_watched, request.explain
-                )
-            else:
-                result = rec.recommend_for_movies(
-                    request.movie_ids, request.k, request.include_watched, request.explain
-                )
-            return pb.RecommendResponse(
-                recommendations=[_recommendation(s) for s in result.items],
-                model_version=rec.model_version,
-                ignored_movie_ids=result.ignored_movie_ids,
-            )
-
-        return await self._work(context, work)
-
-    @_rpc
-    async def SimilarMovies(
-        self, request: pb.SimilarMoviesRequest, context: Context
-    ) -> pb.SimilarMoviesResponse:
-        rec = self.recommender
-
-        def work() -> pb.SimilarMoviesResponse:
-            items = rec.similar(request.movie_id, request.k)
-            return pb.SimilarMoviesResponse(
-                recommendations=[_recommendation(s) for s in items],
-                model_version=rec.model_version,
-            )
-
-        return await self._work(context, work)
-
-    @_rpc
-    async def GetMovie(self, request: pb.GetMovieRequest, context: Context) -> pb.GetMovieResponse:
-        rec = self.recommender  # a dictionary-speed lookup: not worth a trip to the pool
-        m = rec.movie(request.movie_id)
-        movie = pb.Movie(movie_id=m.movie_id, title=m.title, genres=m.genres, year=m.year or 0)
-        return pb.GetMovieResponse(movie=movie, model_version=rec.model_version)
-
 
 class AdminServicer(pb_grpc.AdminServiceServicer):
     def __init__(self, reload: Callable[[], Awaitable[tuple[str, str, float]]]) -> None:
         self._reload = reload
 
-    @_rpc
     async def ReloadModel(
         self, request: pb.ReloadModelRequest, context: Context
     ) -> pb.ReloadModelResponse:
@@ -151,3 +185,85 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
         return pb.ReloadModelResponse(
             model_version=version, previous_model_version=previous, load_seconds=seconds
         )
+
+
+# --- messages -> the core's types ------------------------------------------------------------
+
+
+def _request(r: pb.RecommendRequest) -> Request:
+    user: Key | None = None
+    if r.user_key or r.HasField("user_id"):
+        user = _one_key(r.user_id, r.user_key, "user")
+    return Request(
+        user=user,
+        movies=(*r.movie_ids, *r.movie_keys),
+        weights=tuple(r.weights),
+        dislikes=(*r.negative_movie_ids, *r.negative_movie_keys),
+        k=r.k or DEFAULT_K,
+        filter=_filter(r.filter),
+        include_watched=r.include_watched,
+        explain=r.explain,
+        diversity=r.diversity,
+    )
+
+
+def _filter(f: pb.Filter) -> Filter:
+    return Filter(
+        genres_any=tuple(f.genres_any),
+        genres_none=tuple(f.genres_none),
+        year_min=f.year_min,
+        year_max=f.year_max,
+        exclude=(*f.exclude_movie_ids, *f.exclude_movie_keys),
+        allow=(*f.allow_movie_ids, *f.allow_movie_keys),
+    )
+
+
+def _one_key(number: int, key: str, what: str) -> Key:
+    """A field pair's id: the string key when set, else the integer."""
+    if key and number:
+        raise InvalidArgument(f"set {what}_id or {what}_key, not both")
+    return key or number
+
+
+# --- the core's types -> messages ------------------------------------------------------------
+
+
+def _ids(movie_id: Key) -> tuple[int, str]:
+    """(movie_id, movie_key) as the wire carries them: the key always, the integer when the
+    id is one."""
+    if isinstance(movie_id, int):
+        return movie_id, str(movie_id)
+    try:
+        number = int(movie_id)
+    except ValueError:
+        return 0, movie_id
+    return (number, movie_id) if str(number) == movie_id and abs(number) < 2**63 else (0, movie_id)
+
+
+def _recommendation(item: Scored) -> pb.Recommendation:
+    m: Movie = item.movie
+    movie_id, movie_key = _ids(m.movie_id)
+    out = pb.Recommendation(
+        movie_id=movie_id, movie_key=movie_key, title=m.title, genres=m.genres,
+        similarity=item.score, year=m.year or 0, reason=int(item.reason),  # type: ignore[arg-type]
+    )  # fmt: skip
+    if (why := item.explanation) is not None:
+        top = []
+        for c in why.top:
+            cid, ckey = _ids(c.movie.movie_id)
+            top.append(pb.Contribution(movie_id=cid, movie_key=ckey, title=c.movie.title,
+                                       share=c.share))  # fmt: skip
+        out.explanation.CopyFrom(pb.Explanation(top=top, rest=why.rest, bias=why.bias))
+    return out
+
+
+def _response(rec: Recommender, result: Recommendations) -> pb.RecommendResponse:
+    ignored_ids = [k for k in result.ignored if isinstance(k, int)]
+    ignored_keys = [k for k in result.ignored if isinstance(k, str)]
+    return pb.RecommendResponse(
+        recommendations=[_recommendation(s) for s in result.items],
+        model_version=rec.model_version,
+        ignored_movie_ids=sorted(ignored_ids),
+        ignored_movie_keys=ignored_keys,
+        exhausted=result.exhausted,
+    )

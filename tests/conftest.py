@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from movierec.artifacts import read_artifacts
-from movierec.client import RecommenderClient
+from movierec.client import Client
 from server.app import RunningServer, build_server
 from server.recommender import Recommender
 from trainer.config import TrainConfig
@@ -80,8 +80,8 @@ def running_server(recommender: Recommender, loop_thread: LoopThread) -> Iterato
 
 
 @pytest.fixture(scope="session")
-def client(running_server: RunningServer) -> Iterator[RecommenderClient]:
-    with RecommenderClient(f"127.0.0.1:{running_server.port}") as c:
+def client(running_server: RunningServer) -> Iterator[Client]:
+    with Client(f"127.0.0.1:{running_server.port}") as c:
         yield c
 
 

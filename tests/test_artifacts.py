@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import faiss
@@ -16,6 +21,7 @@ import pytest
 from movierec import artifacts
 from movierec.artifacts import (
     Histories,
+    MeanAggregation,
     Movie,
     read_artifacts,
     read_manifest,
@@ -24,8 +30,8 @@ from movierec.artifacts import (
 from movierec.errors import ArtifactError
 
 
-def tiny(out: Path, n: int = 5, dim: int = 4) -> dict:
-    rng = np.random.default_rng(0)
+def tiny(out: Path, n: int = 5, dim: int = 4, seed: int = 0) -> dict:
+    rng = np.random.default_rng(seed)
     vectors = rng.normal(size=(n, dim)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     index = faiss.IndexFlatIP(dim)
@@ -44,7 +50,7 @@ def tiny(out: Path, n: int = 5, dim: int = 4) -> dict:
         index=index,
         histories=histories,
         settings={"dim": dim},
-        aggregation={"method": "mean"},
+        aggregation=MeanAggregation(like_threshold=3.5, append_one=False),
     )
 
 
@@ -59,7 +65,8 @@ def test_round_trip(tmp_path: Path) -> None:
     rows, ratings = loaded.histories.lookup(3)
     assert rows.tolist() == [0, 1] and ratings.tolist() == [4.0, 5.0]
     assert loaded.histories.lookup(4) is None
-    assert manifest["counts"] == {"movies": 5, "users": 2, "ratings": 3}
+    assert manifest["counts"] == {"movies": 5, "catalogue": 5, "users": 2, "ratings": 3}
+    assert manifest["ids"] == {"users": "int", "movies": "int"}
     assert manifest["index"] == {
         "type": "IndexFlatIP",
         "metric": "inner_product",
@@ -109,7 +116,7 @@ def test_bad_manifests(tmp_path: Path) -> None:
     mpath = tmp_path / "a" / artifacts.MANIFEST
     manifest = json.loads(mpath.read_text())
     mpath.write_text(json.dumps({**manifest, "format_version": 99}))
-    with pytest.raises(ArtifactError, match="format_version 99; this movierec reads version 1"):
+    with pytest.raises(ArtifactError, match="format_version 99; this movierec reads version 2"):
         read_artifacts(tmp_path / "a")
     mpath.write_text("{not json")
     with pytest.raises(ArtifactError, match="not valid JSON"):
@@ -184,3 +191,251 @@ def test_killed_mid_export_leaves_the_previous_artifact(tmp_path: Path) -> None:
     assert [p.name.startswith(".a.tmp-") for p in leftovers] == [True]  # hidden, incomplete
     with pytest.raises(ArtifactError, match="missing"):
         read_artifacts(leftovers[0])  # no manifest: nothing would ever load it
+
+
+# --- a producer with valid checksums but bad content ------------------------------------------
+
+
+def resign(folder: Path) -> None:
+    """Recompute the manifest's sizes, checksums and model_version, as a buggy or malicious
+    producer would after writing bad content: only the reader's checks of meaning remain."""
+    mpath = folder / artifacts.MANIFEST
+    manifest = json.loads(mpath.read_text())
+    files = {
+        name: {"bytes": (folder / name).stat().st_size,
+               "sha256": hashlib.sha256((folder / name).read_bytes()).hexdigest()}
+        for name in artifacts.DATA_FILES
+    }  # fmt: skip
+    digest = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
+    manifest.update(files=files, model_version=f"{manifest['created_at']}-{digest[:12]}")
+    mpath.write_text(json.dumps(manifest))
+
+
+def edit_manifest(folder: Path, **changes: object) -> None:
+    mpath = folder / artifacts.MANIFEST
+    manifest = json.loads(mpath.read_text())
+    for dotted, value in changes.items():
+        *path, key = dotted.split("__")
+        target = manifest
+        for p in path:
+            target = target[p]
+        if value is DELETE:
+            del target[key]
+        else:
+            target[key] = value
+    mpath.write_text(json.dumps(manifest))
+
+
+DELETE = object()
+
+
+def nan_vectors(folder: Path) -> None:
+    vectors = np.load(folder / artifacts.VECTORS)
+    vectors[1, 2] = np.nan
+    np.save(folder / artifacts.VECTORS, vectors)
+
+
+def duplicate_ids(folder: Path) -> None:
+    movies = json.loads((folder / artifacts.MOVIES).read_text())
+    movies[1]["movie_id"] = movies[0]["movie_id"]
+    (folder / artifacts.MOVIES).write_text(json.dumps(movies))
+
+
+def wrong_json_types(folder: Path) -> None:
+    movies = json.loads((folder / artifacts.MOVIES).read_text())
+    movies[2]["genres"] = "Drama"
+    (folder / artifacts.MOVIES).write_text(json.dumps(movies))
+
+
+def compressed_histories(folder: Path) -> None:
+    with np.load(folder / artifacts.HISTORIES) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    with open(folder / artifacts.HISTORIES, "wb") as f:
+        np.savez_compressed(f, **arrays)
+
+
+def huge_npy_header(folder: Path) -> None:
+    """A 5 x 4 array whose header claims 10^9 x 64 floats (256 GB)."""
+    path = folder / artifacts.VECTORS
+    path.write_bytes(_npy_claiming(path.read_bytes(), (10**9, 64)))
+
+
+def _npy_claiming(data: bytes, shape: tuple[int, ...]) -> bytes:
+    header_len = int.from_bytes(data[8:10], "little")
+    header = data[10 : 10 + header_len].decode("latin-1")
+    new = header.replace("(5, 4)", repr(shape)).rstrip("\n ")
+    new = new + " " * (header_len - len(new) - 1) + "\n"
+    assert len(new) == header_len
+    return data[:10] + new.encode("latin-1") + data[10 + header_len :]
+
+
+def huge_faiss_vector(folder: Path) -> None:
+    """The index's stored-vectors length field claims 2^36 floats (256 GB)."""
+    path = folder / artifacts.INDEX
+    data = bytearray(path.read_bytes())
+    floats = 5 * 4  # n x d, stored as a count of floats
+    offset = len(data) - floats * 4 - 8
+    assert int.from_bytes(data[offset : offset + 8], "little") == floats
+    data[offset : offset + 8] = (2**36).to_bytes(8, "little")
+    path.write_bytes(bytes(data))
+
+
+BAD_CONTENT = {
+    "NaN vectors": (nan_vectors, "not all finite"),
+    "duplicated movie ids": (duplicate_ids, "appears twice"),
+    "genres not a list": (wrong_json_types, "not a valid catalogue"),
+    "compressed npz": (compressed_histories, "compressed"),
+    "npy header claiming 256 GB": (huge_npy_header, "header claims shape"),
+    "FAISS vector claiming 256 GB": (huge_faiss_vector, "not a readable FAISS index"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_CONTENT)
+def test_valid_checksums_with_bad_content_are_refused_in_bounded_memory(
+    tmp_path: Path, case: str
+) -> None:
+    tiny(tmp_path / "a")
+    spoil, message = BAD_CONTENT[case]
+    spoil(tmp_path / "a")
+    resign(tmp_path / "a")
+    # In a child process: peak memory must stay bounded, and the refusal is one line.
+    script = (
+        "import resource, sys\n"
+        "from movierec.artifacts import read_artifacts\n"
+        "from movierec.errors import ArtifactError\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "try:\n"
+        "    read_artifacts(sys.argv[1])\n"
+        "    print('LOADED')\n"
+        "except ArtifactError as e:\n"
+        "    print('REFUSED', e)\n"
+        "grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before\n"
+        "print('GROWN_KB', grown)\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", script, str(tmp_path / "a")], cwd=root,
+                         capture_output=True, text=True, timeout=120).stdout  # fmt: skip
+    lines = out.splitlines()
+    assert lines[0].startswith("REFUSED") and message in lines[0], out
+    assert int(lines[-1].split()[1]) < 100_000, out  # under 100 MB, not the claimed GBs
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"aggregation__method": "median"}, "aggregation.method 'median' is not one of"),
+        ({"aggregation__append_one": DELETE}, "missing append_one"),
+        ({"aggregation__like_threshold": "3.5"}, "aggregation.like_threshold must be a finite"),
+        ({"counts__movies": "5"}, "'counts' must hold"),
+        ({"counts__catalogue": 7}, "6 movies|5 movies, manifest says 7"),
+        ({"ids__movies": "uuid"}, "'ids' must say"),
+        ({"dim": 10**6}, "dim 1000000 outside"),
+        ({"model_version": "20260101T000000Z-000000000000"}, "does not name the files"),
+        ({"files__vectors.npy__bytes": 10**12}, "more than the counts allow"),
+        ({"settings": []}, "field 'settings' is missing or not a JSON object"),
+    ],
+)
+def test_manifest_fields_are_checked_for_meaning(
+    tmp_path: Path, changes: dict, message: str
+) -> None:
+    tiny(tmp_path / "a")
+    edit_manifest(tmp_path / "a", **changes)
+    if "model_version" not in changes and "files__vectors.npy__bytes" not in changes:
+        resign(tmp_path / "a")
+    with pytest.raises(ArtifactError, match=message):
+        read_artifacts(tmp_path / "a")
+
+
+def test_als_manifest_missing_a_key_is_refused(tmp_path: Path) -> None:
+    tiny(tmp_path / "a")
+    edit_manifest(tmp_path / "a", aggregation={"method": "als", "like_threshold": 3.5,
+                                               "alpha": 1.0, "inline_stars": 4.0})  # fmt: skip
+    with pytest.raises(ArtifactError, match="missing regularization"):
+        read_artifacts(tmp_path / "a")
+
+
+# --- loading while the directory changes ------------------------------------------------------
+
+
+def test_a_loaded_model_does_not_depend_on_its_files(tmp_path: Path) -> None:
+    tiny(tmp_path / "a", seed=0)
+    tiny(tmp_path / "b", seed=1)
+    loaded = read_artifacts(tmp_path / "a")
+    before = np.array(loaded.vectors)
+    assert not isinstance(loaded.vectors, np.memmap) and not isinstance(
+        loaded.vectors.base, np.memmap
+    )
+    shutil.copy(tmp_path / "b" / artifacts.VECTORS, tmp_path / "a" / artifacts.VECTORS)
+    assert np.array_equal(loaded.vectors, before)  # another model's file copied over it
+    (tmp_path / "a" / artifacts.VECTORS).write_bytes(b"")  # truncated: no SIGBUS
+    assert np.array_equal(loaded.vectors, before)
+
+
+def _fingerprint(a) -> tuple:  # type: ignore[no-untyped-def]
+    stored = a.index.reconstruct_n(0, a.index.ntotal)
+    return (a.vectors.tobytes(), stored.tobytes(), tuple(m.movie_id for m in a.movies))
+
+
+def test_switching_the_directory_during_loads_never_mixes_two_models(tmp_path: Path) -> None:
+    """Loads race a symlink flipping between two same-sized models: each load is one model
+    whole, under its own version, or refused; never one model's vectors with the other's
+    index."""
+    models = {}
+    for seed, name in ((0, "a"), (1, "b")):
+        tiny(tmp_path / name, n=400, dim=32, seed=seed)
+        loaded = read_artifacts(tmp_path / name)
+        models[loaded.model_version] = _fingerprint(loaded)
+    current = tmp_path / "current"
+    current.symlink_to(tmp_path / "a")
+    stop = threading.Event()
+
+    def flip() -> None:
+        targets = [tmp_path / "a", tmp_path / "b"]
+        i = 0
+        while not stop.is_set():
+            i += 1
+            (tmp_path / "next").symlink_to(targets[i % 2])
+            (tmp_path / "next").replace(current)
+
+    flipper = threading.Thread(target=flip, daemon=True)
+    flipper.start()
+    loads, refused, deadline = 0, 0, time.monotonic() + 10
+    try:
+        while loads < 150 and time.monotonic() < deadline:
+            try:
+                loaded = read_artifacts(current)
+            except ArtifactError:
+                refused += 1
+                continue
+            loads += 1
+            assert _fingerprint(loaded) == models[loaded.model_version]
+    finally:
+        stop.set()
+        flipper.join(timeout=10)
+    assert loads >= 20, (loads, refused)
+
+
+# --- what exports leave behind ----------------------------------------------------------------
+
+
+def test_artifacts_are_readable_by_other_users(tmp_path: Path) -> None:
+    old = os.umask(0o022)
+    try:
+        tiny(tmp_path / "a")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "a").stat().st_mode) == 0o755
+    for f in (tmp_path / "a").iterdir():
+        assert stat.S_IMODE(f.stat().st_mode) == 0o644, f
+
+
+def test_abandoned_temporary_directories_are_removed(tmp_path: Path) -> None:
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    abandoned = tmp_path / f".a.tmp-{dead}-x1y2"
+    alive = tmp_path / f".a.tmp-{os.getpid()}-busy"  # a concurrent export in progress
+    for d in (abandoned, alive):
+        d.mkdir()
+        (d / "vectors.npy").write_bytes(b"x" * 1000)
+    tiny(tmp_path / "a")
+    assert not abandoned.exists() and alive.exists()

@@ -101,12 +101,16 @@ def test_serve_recommend_similar_and_sigterm(artifacts_dir: Path, recommender) -
             "movierec", "similar", "--target", target, "--movie", "1", "-k", "4", "--json"
         )
         assert len(json.loads(similar.stdout)["recommendations"]) == 4
-        missing = run("movierec", "recommend", "--target", target, "--user", "999999999")
+        new_user = run("movierec", "recommend", "--target", target, "--user", "999999999")
+        assert new_user.returncode == 0, new_user.stderr
+        assert "most popular: no history to go on" in new_user.stdout.splitlines()[-1]
+        missing = run("movierec", "similar", "--target", target, "--movie", "999999999")
         assert missing.returncode == 1
-        assert (
-            missing.stderr.strip() == "movierec recommend: NOT_FOUND: user 999999999 is not "
-            "known to this model"
+        assert missing.stderr.strip() == (
+            "movierec similar: NOT_FOUND: movie 999999999 is not in the catalogue"
         )
+        movie = json.loads(run("movierec", "movie", "--target", target, "--movie", "1").stdout)
+        assert movie["movie_id"] == "1" and "movie_key" in movie  # snake_case, as --json
         assert run("movierec", "health", "--target", target).stdout.strip() == "SERVING"
     finally:
         assert "stopped" in stop_server(proc)
@@ -116,9 +120,8 @@ def test_sigterm_drains_with_calls_in_flight(artifacts_dir: Path, recommender) -
     """NOT_SERVING at once, answering through the drain, then UNAVAILABLE; exit 0; JSON logs."""
     import threading
 
-    import grpc
-
-    from movierec.client import RecommenderClient
+    from movierec.client import Client
+    from movierec.errors import StatusError
 
     port = free_port()
     proc = start_server(artifacts_dir, port, "--drain", "1.5", "--grace", "5", json_logs=True)
@@ -131,14 +134,14 @@ def test_sigterm_drains_with_calls_in_flight(artifacts_dir: Path, recommender) -
     stop = threading.Event()
 
     def caller() -> None:
-        with RecommenderClient(f"127.0.0.1:{port}", timeout=5) as c:
+        with Client(f"127.0.0.1:{port}", timeout=5) as c:
             while not stop.is_set():
                 start = time.monotonic()
                 try:
-                    c.recommend_for_movies(ids[:50], 20, explain=3)
+                    c.recommend(movies=ids[:50], k=20, explain=3)
                     outcomes.append((start, "OK"))
-                except grpc.RpcError as e:
-                    outcomes.append((start, e.code().name))
+                except StatusError as e:
+                    outcomes.append((start, e.code))
                     time.sleep(0.01)
 
     threads = [threading.Thread(target=caller, daemon=True) for _ in range(4)]
@@ -148,7 +151,7 @@ def test_sigterm_drains_with_calls_in_flight(artifacts_dir: Path, recommender) -
         time.sleep(0.5)
         sigterm = time.monotonic()
         proc.send_signal(signal.SIGTERM)
-        with RecommenderClient(f"127.0.0.1:{port}", timeout=2) as probe:
+        with Client(f"127.0.0.1:{port}", timeout=2) as probe:
             time.sleep(0.3)
             assert probe.health() == "NOT_SERVING"
         assert proc.wait(timeout=30) == 0
@@ -163,7 +166,8 @@ def test_sigterm_drains_with_calls_in_flight(artifacts_dir: Path, recommender) -
     assert any(at > sigterm for at, _ in outcomes)
     assert set(before_stop) == {"OK"}  # all answered, through the drain while NOT_SERVING
     refused = {code for at, code in outcomes if at >= sigterm + 1.4}
-    assert refused <= {"OK", "UNAVAILABLE", "CANCELLED"}  # calls that arrived as it stopped
+    # calls that arrived as it stopped (the client retries UNAVAILABLE until its deadline)
+    assert refused <= {"OK", "UNAVAILABLE", "CANCELLED", "DEADLINE_EXCEEDED"}
     records = [json.loads(line) for line in lines if line.startswith("{")]
     assert {"time", "level", "logger", "message"} <= set(records[-1])
     assert records[-1]["message"] == "stopped"
@@ -210,8 +214,10 @@ def test_sighup_and_reload_command_swap_the_model(
     current = tmp_path / "current"
     shutil.copytree(artifacts_dir, current)
     port = free_port()
-    proc = start_server(current, port, "--tokens-file", str(_write(tmp_path / "t", "tok\n")))
+    proc = start_server(current, port, "--tokens-file", str(_write(tmp_path / "t", "tok\n")),
+                        "--admin-tokens-file", str(_write(tmp_path / "a", "admin\n")))  # fmt: skip
     target = ["--target", f"127.0.0.1:{port}", "--token", "tok"]
+    admin = ["--target", f"127.0.0.1:{port}", "--token", "admin"]
 
     def version() -> str:
         out = run("movierec", "recommend", *target, "--movies", "1,2", "-k", "1", "--json")
@@ -229,12 +235,14 @@ def test_sighup_and_reload_command_swap_the_model(
             assert time.monotonic() < deadline, "SIGHUP did not reload"
             time.sleep(0.1)
         (current / "vectors.npy").write_bytes(b"truncated")
-        refused = run("movierec", "reload", *target)
+        refused = run("movierec", "reload", *admin)
         assert refused.returncode == 1
         assert refused.stderr.startswith("movierec reload: FAILED_PRECONDITION: reload refused")
         assert "vectors.npy" in refused.stderr
         assert version() == new  # the old model keeps serving
-        assert run("movierec", "reload", "--target", f"127.0.0.1:{port}").returncode == 1
+        for token in (["--token", "tok"], []):  # a client token is not an admin token
+            denied = run("movierec", "reload", "--target", f"127.0.0.1:{port}", *token)
+            assert denied.returncode == 1 and "missing or invalid bearer token" in denied.stderr
     finally:
         log = stop_server(proc)
     assert "reloaded: serving" in log and "reload refused, still serving" in log
@@ -274,12 +282,19 @@ def test_serve_refuses_a_damaged_artifact(artifacts_dir: Path, tmp_path: Path, d
     assert len(lines) == 1 and lines[0].startswith(f"movierec serve: error: {expected}"), lines
 
 
-def test_serve_refuses_negative_workers(artifacts_dir: Path) -> None:
-    result = run("movierec", "serve", "--artifacts", str(artifacts_dir), "--workers", "-1")
-    assert result.returncode == 1
-    assert result.stderr.strip() == (
-        "movierec serve: error: --workers must be 0 (run on the event loop) or more"
-    )
+def test_serve_refuses_bad_settings_in_one_line(artifacts_dir: Path) -> None:
+    for flags, message in (
+        (["--workers", "-2"], "--workers must be -1 (one per CPU), 0 (on the event loop) or more"),
+        (["--processes", "0"], "--processes must be at least 1, got 0"),
+        (
+            ["--tls-cert", "x.pem"],
+            "--tls-cert and --tls-key go together (and --tls-client-ca needs both)",
+        ),
+        (["--port", "70000"], "--port must be a port number (0-65535), got 70000"),
+    ):
+        result = run("movierec", "serve", "--artifacts", str(artifacts_dir), *flags)
+        assert result.returncode == 1
+        assert result.stderr.strip() == f"movierec serve: error: {message}", result.stderr
 
 
 def test_train_reports_bad_data_in_one_line(tmp_path: Path) -> None:

@@ -9,14 +9,14 @@ from pathlib import Path
 
 SCRIPT = """
 import asyncio, sys
-from movierec.client import RecommenderClient
+from movierec.client import Client
 from server.app import build_server, load_recommender
 
 async def main():
     running = await build_server(load_recommender(sys.argv[1]))
     def call():
-        with RecommenderClient(f"127.0.0.1:{running.port}") as c:
-            return c.recommend_for_movies([1, 2], k=3)
+        with Client(f"127.0.0.1:{running.port}") as c:
+            return c.recommend(movies=[1, 2], k=3)
     response = await asyncio.to_thread(call)
     await running.stop(None)
     assert len(response.recommendations) == 3

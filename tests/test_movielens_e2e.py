@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from server.app import load_recommender
-from server.recommender import MAX_EXPLAIN, Recommender
+from server.recommender import MAX_EXPLAIN, Recommender, Request
 from trainer.config import TrainConfig
 from trainer.evaluate import evaluate
 from trainer.movielens import load, read_ratings
@@ -51,7 +51,7 @@ def test_default_model_beats_ease(results) -> None:
 
 def test_explanations_on_real_data(default_model: Recommender) -> None:
     user = int(default_model.artifacts.histories.user_ids[0])
-    for item in default_model.recommend(user, 10, explain=MAX_EXPLAIN).items:
+    for item in default_model.recommend(Request(user=user, explain=MAX_EXPLAIN)).items:
         why = item.explanation
         assert why is not None
         total = sum(c.share for c in why.top) + why.rest + why.bias
@@ -67,8 +67,8 @@ def test_unrated_movies_get_neighbours_of_their_genres(
     assert len(unrated) > 500 and set(unrated) <= set(rec.artifacts.movie_ids.tolist())
     agree = []
     for movie_id in unrated[::5]:
-        genres = set(rec.movie(movie_id).genres)
-        agree += [bool(genres & set(s.movie.genres)) for s in rec.similar(movie_id, 10)]
+        genres = set(rec.movie(movie_id)[0].genres)
+        agree += [bool(genres & set(s.movie.genres)) for s in rec.similar(movie_id, 10).items]
     assert np.mean(agree) > 0.85, np.mean(agree)  # a random pair shares a genre 44% of the time
 
 

@@ -22,12 +22,13 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from movierec.artifacts import read_artifacts
-from movierec.client import RecommenderClient
-from movierec.errors import UsageError
+from movierec.client import Client
+from movierec.errors import FailedPrecondition, InvalidArgument, StatusError, UsageError
 from movierec.v1 import recommender_pb2 as pb
 from movierec.v1 import recommender_pb2_grpc as pb_grpc
-from server.app import RunningServer, ServerOptions, build_server
-from server.recommender import MAX_HISTORY, Recommender
+from server.app import RunningServer, build_server
+from server.options import ServerOptions
+from server.recommender import MAX_HISTORY, Recommender, Request
 from server.security import Tokens
 from trainer.config import TrainConfig
 from trainer.pipeline import run_training
@@ -42,7 +43,7 @@ def server(
     options: ServerOptions | None = None,
     artifacts: Path | None = None,
 ) -> Iterator[RunningServer]:
-    options = options or ServerOptions()
+    options = options or ServerOptions(port=0)
     running = loop_thread.run(build_server(recommender, options, artifacts=artifacts))
     try:
         yield running
@@ -50,44 +51,76 @@ def server(
         loop_thread.run(running.stop(None))
 
 
-def code_of(fn) -> grpc.StatusCode:  # type: ignore[no-untyped-def]
-    with pytest.raises(grpc.RpcError) as e:
+def code_of(fn) -> str:  # type: ignore[no-untyped-def]
+    """The status code name a call fails with, through our client or a raw stub."""
+    try:
         fn()
-    return e.value.code()
+    except StatusError as e:
+        return e.code
+    except grpc.RpcError as e:
+        return str(e.code().name)
+    raise AssertionError("the call did not fail")
 
 
 # --- tokens --------------------------------------------------------------------------------
 
 
-def test_bearer_tokens(loop_thread: LoopThread, recommender: Recommender) -> None:
-    options = ServerOptions(tokens=Tokens.load(env="s3cret, other"))
+def test_bearer_tokens(loop_thread: LoopThread, recommender: Recommender, tmp_path: Path) -> None:
+    (tmp_path / "tokens").write_text("s3cret\nother\n")
+    options = ServerOptions(port=0, tokens_file=tmp_path / "tokens")
     movie = int(recommender.artifacts.movie_ids[0])
     with server(loop_thread, recommender, options) as running:
         target = f"127.0.0.1:{running.port}"
         for token in (None, "wrong", "s3cre", "s3cret2"):
-            with RecommenderClient(target, token=token) as c:
-                assert code_of(lambda c=c: c.similar(movie, 3)) == grpc.StatusCode.UNAUTHENTICATED
+            with Client(target, token=token) as c:
+                assert code_of(lambda c=c: c.similar(movie, 3)) == "UNAUTHENTICATED"
                 assert c.health() == "SERVING"  # health checks stay open
         for token in ("s3cret", "other"):
-            with RecommenderClient(target, token=token) as c:
+            with Client(target, token=token) as c:
                 assert len(c.similar(movie, 3).recommendations) == 3
         with grpc.insecure_channel(target) as channel:  # the scheme is part of the header
             stub = pb_grpc.RecommenderServiceStub(channel)
             request = pb.GetMovieRequest(movie_id=movie)
             basic = (("authorization", "Basic s3cret"),)
             assert code_of(lambda: stub.GetMovie(request, metadata=basic, timeout=5)) == (
-                grpc.StatusCode.UNAUTHENTICATED
+                "UNAUTHENTICATED"
             )
 
 
 def test_tokens_file(tmp_path: Path) -> None:
     file = tmp_path / "tokens"
-    file.write_text("# ops\nalpha\n\nbeta  # ci\n")
-    assert Tokens.load(file, env="").values == (b"alpha", b"beta")
+    file.write_text("# ops\nalpha\n\n  beta#ci  \r\n")
+    assert Tokens.load(file, env="").values == (b"alpha", b"beta#ci")  # a # is part of a token
+    assert Tokens.load(None, env="a#b, c").values == (b"a#b", b"c")
     file.write_text("# nothing\n")
     with pytest.raises(UsageError, match="holds no token"):
         Tokens.load(file, env="")
+    file.write_text("two words\n")
+    with pytest.raises(UsageError, match="a token has a space"):
+        Tokens.load(file, env="")
     assert not Tokens.load(env="").enabled
+
+
+def test_a_token_with_a_hash_is_whole(
+    loop_thread: LoopThread, recommender: Recommender, tmp_path: Path
+) -> None:
+    """Cut at the '#', the token 'abc#Zq8' used to let 'Bearer abc' in and lock itself out."""
+    (tmp_path / "tokens").write_text("abc#Zq8x1\n")
+    (tmp_path / "admin").write_text("adm#1n\n")
+    options = ServerOptions(port=0, tokens_file=tmp_path / "tokens",
+                            admin_tokens_file=tmp_path / "admin")  # fmt: skip
+    movie = int(recommender.artifacts.movie_ids[0])
+    with server(loop_thread, recommender, options) as running:
+        target = f"127.0.0.1:{running.port}"
+        with Client(target, token="abc") as c:
+            assert code_of(lambda: c.movie(movie)) == "UNAUTHENTICATED"
+        with Client(target, token="abc#Zq8x1") as c:
+            assert c.movie(movie).movie_id == movie
+            assert code_of(lambda: c.reload_model()) == "UNAUTHENTICATED"  # not an admin token
+        with Client(target, token="adm") as c:
+            assert code_of(lambda: c.reload_model()) == "UNAUTHENTICATED"
+        with Client(target, token="adm#1n") as c:
+            assert code_of(lambda: c.movie(movie)) == "UNAUTHENTICATED"  # not a client token
 
 
 # --- TLS -----------------------------------------------------------------------------------
@@ -152,22 +185,22 @@ def test_tls_and_mutual_tls(
     movie = int(recommender.artifacts.movie_ids[0])
     ca = pki["ca"].read_bytes()
     client_cert = (pki["client"].read_bytes(), pki["client_key"].read_bytes())
-    tls = ServerOptions(tls_cert=pki["server"], tls_key=pki["server_key"])
+    tls = ServerOptions(port=0, tls_cert=pki["server"], tls_key=pki["server_key"])
     with server(loop_thread, recommender, tls) as running:
         target = f"127.0.0.1:{running.port}"
-        with RecommenderClient(target, tls_ca=ca) as c:
+        with Client(target, tls_ca=ca) as c:
             assert c.movie(movie).movie_id == movie
-        with RecommenderClient(target, timeout=2) as plaintext:
-            assert code_of(lambda: plaintext.movie(movie)) == grpc.StatusCode.UNAVAILABLE
+        with Client(target, timeout=2) as plaintext:
+            assert code_of(lambda: plaintext.movie(movie)) == "UNAVAILABLE"
     mutual = ServerOptions(
-        tls_cert=pki["server"], tls_key=pki["server_key"], tls_client_ca=pki["ca"]
+        port=0, tls_cert=pki["server"], tls_key=pki["server_key"], tls_client_ca=pki["ca"]
     )
     with server(loop_thread, recommender, mutual) as running:
         target = f"127.0.0.1:{running.port}"
-        with RecommenderClient(target, tls_ca=ca, client_cert=client_cert) as c:
+        with Client(target, tls_ca=ca, client_cert=client_cert) as c:
             assert c.movie(movie).movie_id == movie
-        with RecommenderClient(target, timeout=2, tls_ca=ca) as anonymous:
-            assert code_of(lambda: anonymous.movie(movie)) == grpc.StatusCode.UNAVAILABLE
+        with Client(target, timeout=2, tls_ca=ca) as anonymous:
+            assert code_of(lambda: anonymous.movie(movie)) == "UNAVAILABLE"
 
 
 # --- load: admission and deadlines -----------------------------------------------------------
@@ -188,30 +221,30 @@ async def _burst(port: int, requests: list[pb.RecommendRequest], timeout: float)
 
 
 def heavy_request(recommender: Recommender) -> pb.RecommendRequest:
-    """The slowest call the limits allow: a full inline history, k 50, explained."""
+    """A slow call within the cost limit: a full inline history and k 200."""
     ids = recommender.artifacts.movie_ids.tolist()
-    return pb.RecommendRequest(movie_ids=(ids * MAX_HISTORY)[:MAX_HISTORY], k=50, explain=5)
+    return pb.RecommendRequest(movie_ids=(ids * MAX_HISTORY)[:MAX_HISTORY], k=200)
 
 
 def test_a_burst_past_max_inflight_is_shed_at_once(
     loop_thread: LoopThread, recommender: Recommender
 ) -> None:
-    options = ServerOptions(max_inflight=3, workers=1)
+    options = ServerOptions(port=0, max_inflight=3, workers=1)
     with server(loop_thread, recommender, options) as running:
         codes = asyncio.run(_burst(running.port, [heavy_request(recommender)] * 60, timeout=30))
         assert set(codes) <= {"OK", "RESOURCE_EXHAUSTED"}, codes
         assert codes.count("RESOURCE_EXHAUSTED") > 0 and codes.count("OK") >= 3
-        with RecommenderClient(f"127.0.0.1:{running.port}") as c:  # and it recovers
+        with Client(f"127.0.0.1:{running.port}") as c:  # and it recovers
             assert c.health() == "SERVING"
             movies = recommender.artifacts.movie_ids[:3].tolist()
-            assert len(c.recommend_for_movies(movies, 5).recommendations) == 5
+            assert len(c.recommend(movies=movies, k=5).recommendations) == 5
         assert running.metrics.registry.get_sample_value("movierec_inflight_requests") == 0
 
 
 def test_expired_deadlines_are_not_worked_on(
     loop_thread: LoopThread, recommender: Recommender
 ) -> None:
-    options = ServerOptions(max_inflight=1000, workers=1)
+    options = ServerOptions(port=0, max_inflight=1000, workers=1)
     with server(loop_thread, recommender, options) as running:
         codes = asyncio.run(_burst(running.port, [heavy_request(recommender)] * 80, timeout=0.02))
         assert set(codes) <= {"OK", "DEADLINE_EXCEEDED"}, codes
@@ -231,8 +264,8 @@ def test_metrics_endpoint_and_access_log(
 ) -> None:
     user = int(recommender.artifacts.histories.user_ids[0])
     caplog.set_level(logging.INFO, logger="movierec.access")
-    with server(loop_thread, recommender, ServerOptions(metrics_port=0)) as running:
-        with RecommenderClient(f"127.0.0.1:{running.port}") as c:
+    with server(loop_thread, recommender, ServerOptions(port=0, metrics_port=0)) as running:
+        with Client(f"127.0.0.1:{running.port}") as c:
             c.recommend(user, k=7)
             code_of(lambda: c.similar(-1, 3))
         url = f"http://127.0.0.1:{running.metrics_port}/metrics"
@@ -274,8 +307,8 @@ def test_reload_under_load_never_fails_or_mixes(
 ) -> None:
     versions = {p: read_artifacts(p) for p in (artifacts_dir, second_model)}
     answers = {  # what each model answers, to check that no response mixes two
-        a.model_version: [r.movie.movie_id for r in Recommender(a).recommend_for_movies(
-            [1, 2, 3], 10).items]
+        a.model_version: [r.movie.movie_id for r in Recommender(a).recommend(
+            Request(movies=(1, 2, 3))).items]
         for a in versions.values()
     }  # fmt: skip
     assert len(answers) == 2
@@ -292,17 +325,19 @@ def test_reload_under_load_never_fails_or_mixes(
         (tmp_path / "next").replace(current)
 
     first = Recommender(versions[artifacts_dir])
-    with server(loop_thread, first, artifacts=current) as running:
+    (tmp_path / "admin").write_text("ops-token\n")
+    options = ServerOptions(port=0, admin_tokens_file=tmp_path / "admin")
+    with server(loop_thread, first, options, artifacts=current) as running:
         target = f"127.0.0.1:{running.port}"
         seen: list[tuple[str, list[int]]] = []
         errors: list[Exception] = []
         stop = threading.Event()
 
         def reader() -> None:
-            with RecommenderClient(target) as c:
+            with Client(target) as c:
                 while not stop.is_set():
                     try:
-                        r = c.recommend_for_movies([1, 2, 3], 10)
+                        r = c.recommend(movies=[1, 2, 3], k=10)
                         seen.append((r.model_version, [x.movie_id for x in r.recommendations]))
                     except Exception as e:
                         errors.append(e)
@@ -310,17 +345,15 @@ def test_reload_under_load_never_fails_or_mixes(
         threads = [threading.Thread(target=reader, daemon=True) for _ in range(3)]
         for t in threads:
             t.start()
-        with RecommenderClient(target) as admin:
+        with Client(target, token="ops-token") as admin:
             for good, bad in ((second_model, broken), (artifacts_dir, broken)):
                 point_at(good)
                 r = admin.reload_model()
                 assert r.model_version == read_artifacts(good).model_version
                 point_at(bad)
-                with pytest.raises(grpc.RpcError) as e:
+                with pytest.raises(FailedPrecondition, match="still serving the previous model"):
                     admin.reload_model()
-                assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-                assert "still serving the previous model" in e.value.details()
-                assert admin.recommend_for_movies([1], 3).model_version == r.model_version
+                assert admin.recommend(movies=[1], k=3).model_version == r.model_version
         stop.set()
         for t in threads:
             t.join(timeout=30)
@@ -353,7 +386,9 @@ def test_health_answers_while_every_worker_is_busy(
         await burst
         return latencies, busy
 
-    with server(loop_thread, recommender, ServerOptions(workers=1, max_inflight=1000)) as running:
+    with server(
+        loop_thread, recommender, ServerOptions(port=0, workers=1, max_inflight=1000)
+    ) as running:
         latencies, busy = asyncio.run(probe_during_burst(running.port))
     assert busy, "the burst ended before the probes; make it heavier"
     assert max(latencies) < 1.0, latencies
@@ -366,7 +401,7 @@ def test_workers_search_with_one_openmp_thread(
 
     # OpenMP's thread count is per thread: a worker left at FAISS's default (all cores) spun
     # a second core for every single-query search.
-    with server(loop_thread, recommender, ServerOptions(workers=2)) as running:
+    with server(loop_thread, recommender, ServerOptions(port=0, workers=2)) as running:
         counts = [running.pool.submit(faiss.omp_get_max_threads) for _ in range(4)]
         assert [f.result() for f in counts] == [1] * 4
 
@@ -377,11 +412,10 @@ def test_without_workers_the_core_runs_on_the_event_loop(
     movies = recommender.artifacts.movie_ids[:5].tolist()
     answers = []
     for workers in (0, 2):
-        with server(loop_thread, recommender, ServerOptions(workers=workers)) as running:
+        with server(loop_thread, recommender, ServerOptions(port=0, workers=workers)) as running:
             assert (running.pool is None) == (workers == 0)
-            with RecommenderClient(f"127.0.0.1:{running.port}") as c:
-                answers.append(c.recommend_for_movies(movies, 10))
-                with pytest.raises(grpc.RpcError) as e:  # errors map to their codes as before
-                    c.recommend_for_movies(movies, 0)
-                assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            with Client(f"127.0.0.1:{running.port}") as c:
+                answers.append(c.recommend(movies=movies, k=10))
+                with pytest.raises(InvalidArgument):  # errors map to their codes as before
+                    c.recommend(movies=movies, k=-1)
     assert answers[0] == answers[1] and len(answers[0].recommendations) == 10

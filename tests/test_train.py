@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from movierec.artifacts import read_artifacts
-from server.recommender import Recommender
+from server.queries import History, query_for
+from server.recommender import Recommender, Request
 from trainer.config import TrainConfig
 from trainer.corpus import build_corpus
 from trainer.model import ItemEmbeddings
@@ -25,7 +26,7 @@ def genre_agreement(rec: Recommender, sample, users: int = 150) -> float:
     """Share of top-10 recommendations that carry one of the user's favourite genres."""
     hits = []
     for user, favourites in list(sample.favourites.items())[:users]:
-        items = rec.recommend(user, 10).items
+        items = rec.recommend(Request(user=user)).items
         hits += [bool(set(s.movie.genres) & set(favourites)) for s in items]
     return float(np.mean(hits))
 
@@ -161,7 +162,7 @@ def test_hnsw_export_round_trips(sample_dir: Path, tmp_path: Path) -> None:
     rec = Recommender(read_artifacts(tmp_path / "a"))
     graph = faiss.downcast_index(rec.artifacts.index).hnsw
     assert (graph.efConstruction, graph.efSearch) == (30, 40)
-    assert len(rec.recommend(int(rec.artifacts.histories.user_ids[0]), 10).items) == 10
+    assert len(rec.recommend(Request(user=int(rec.artifacts.histories.user_ids[0]))).items) == 10
     with pytest.raises(ValueError, match="index must be flat, fp16 or hnsw"):
         TrainConfig(index="ivf")
 
@@ -174,7 +175,7 @@ def test_als_fold_in_is_implicits_least_squares(sample_dir: Path, tmp_path: Path
     config = TrainConfig(objective="als", dim=12, epochs=5, regularization=0.1, alpha=2.0)
     run_training(tmp_path / "a", config, data=sample_dir, show_progress=False)
     rec = Recommender(read_artifacts(tmp_path / "a"))
-    assert rec.artifacts.aggregation["method"] == "als"
+    assert rec.artifacts.aggregation.method == "als"
     with threadpool_limits(1, "blas"):
         reference = AlternatingLeastSquares(factors=12, regularization=0.1, alpha=2.0)
     reference.item_factors = rec.artifacts.vectors.copy()  # implicit wants it writable
@@ -184,10 +185,12 @@ def test_als_fold_in_is_implicits_least_squares(sample_dir: Path, tmp_path: Path
         liked = stars >= config.like_threshold
         row = csr_matrix((stars[liked], ([0] * int(liked.sum()), rows[liked])), shape=(1, n))
         want = reference.recalculate_user(0, row)
-        got = rec._aggregate(rows[liked], stars[liked])[0]
+        history = History(rows[liked].astype(np.int64), np.ones(int(liked.sum())),
+                          stars[liked].astype(np.float64), np.zeros(0, np.int64))  # fmt: skip
+        got = query_for(rec.artifacts.vectors, rec.artifacts.aggregation).vector(history)[0]
         np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-4)
-        items = rec.recommend(user, 5, explain=100).items
-        scores = rec.artifacts.vectors[[rec._rows_of([s.movie.movie_id])[0][0] for s in items]]
+        items = rec.recommend(Request(user=user, k=5, explain=100)).items
+        scores = rec.artifacts.vectors[[rec.catalogue.row_of(s.movie.movie_id) for s in items]]
         np.testing.assert_allclose([s.score for s in items], scores @ want, rtol=1e-3, atol=1e-4)
         for item in items:  # the fold-in is linear in the history: shares add up exactly
             why = item.explanation
@@ -208,7 +211,7 @@ def test_side_information_gives_unrated_movies_sensible_vectors(sample, tmp_path
     genres = {mid: set(g) for mid, _, g in sample.movies}
     assert cold <= set(rec.artifacts.movie_ids.tolist())
     agree = [
-        np.mean([bool(genres[m] & set(s.movie.genres)) for s in rec.similar(m, 10)])
+        np.mean([bool(genres[m] & set(s.movie.genres)) for s in rec.similar(m, 10).items])
         for m in sorted(cold)
     ]
     assert np.mean(agree) > 0.7, np.mean(agree)  # random neighbours agree ~0.25
@@ -217,6 +220,8 @@ def test_side_information_gives_unrated_movies_sensible_vectors(sample, tmp_path
         fans = [i for i, _, g in sample.movies if set(g) == genres[m] and i not in cold][:10]
         if len(fans) < 3:
             continue
-        ranked = [s.movie.movie_id for s in rec.recommend_for_movies(fans, 1000).items]
+        ranked = [
+            s.movie.movie_id for s in rec.recommend(Request(movies=tuple(fans), k=1000)).items
+        ]
         ranks.append(ranked.index(m) / len(ranked))
     assert ranks and np.median(ranks) < 0.25, ranks

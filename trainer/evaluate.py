@@ -20,8 +20,7 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-from movierec.errors import NotFound
-from server.recommender import Recommender
+from server.recommender import Reason, Recommender, Request
 
 RELEVANT_RATING = 4.0
 METRICS = ("recall@10", "recall@20", "ndcg@10", "hitrate@10", "coverage@10")
@@ -91,10 +90,9 @@ def evaluate(recommender: Recommender, test: pd.DataFrame) -> dict[str, Scores]:
     )
 
     def model(user: int) -> list[int]:
-        try:
-            return [s.movie.movie_id for s in recommender.recommend(user, 20).items]
-        except NotFound:  # no usable training history: nothing to recommend
-            return []
+        items = recommender.recommend(Request(user=user, k=20)).items
+        # a user without a usable training history gets popular movies, not the model's
+        return [s.movie.movie_id for s in items if s.reason == Reason.PERSONAL]  # type: ignore[misc]
 
     return {
         "model": score(model, relevant, catalogue),

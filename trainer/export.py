@@ -9,7 +9,13 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from movierec.artifacts import build_index, write_artifacts
+from movierec.artifacts import (
+    Aggregation,
+    AlsAggregation,
+    MeanAggregation,
+    build_index,
+    write_artifacts,
+)
 from trainer.config import TrainConfig
 from trainer.corpus import Corpus
 from trainer.train import Embeddings
@@ -37,19 +43,19 @@ def export(
     * als: the raw item factors, in ``vectors.npy`` and the index; the query is ALS's
       least-squares fold-in of the history, not a mean (aggregation "als").
     """
-    aggregation: dict[str, Any] = {"method": "mean", "like_threshold": config.like_threshold}
+    aggregation: Aggregation
     if config.objective == "als":
         # Raw item factors: the server folds a user in by least squares over them.
         vectors = indexed = embeddings.inp
-        aggregation.update(method="als", regularization=config.regularization,
-                           alpha=config.alpha, inline_stars=4.0)  # fmt: skip
+        aggregation = AlsAggregation(config.like_threshold, config.regularization,
+                                     config.alpha, inline_stars=4.0)  # fmt: skip
     elif config.objective == "cbow":
         vectors = normalize_rows(embeddings.inp)
         indexed = np.hstack([embeddings.out, embeddings.bias[:, None]]).astype(np.float32)
-        aggregation["append_one"] = True
+        aggregation = MeanAggregation(config.like_threshold, append_one=True)
     else:
         vectors = indexed = normalize_rows(embeddings.inp)
-        aggregation["append_one"] = False
+        aggregation = MeanAggregation(config.like_threshold, append_one=False)
     index = build_index(
         indexed, config.index, config.hnsw_m, config.ef_search, config.ef_construction
     )

@@ -22,41 +22,61 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from google.rpc import status_pb2 as google_dot_rpc_dot_status__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dmovierec/v1/recommender.proto\x12\x0bmovierec.v1\"|\n\x10RecommendRequest\x12\x14\n\x07user_id\x18\x01 \x01(\x03H\x00\x88\x01\x01\x12\x11\n\tmovie_ids\x18\x02 \x03(\x03\x12\t\n\x01k\x18\x03 \x01(\x05\x12\x17\n\x0finclude_watched\x18\x04 \x01(\x08\x12\x0f\n\x07\x65xplain\x18\x05 \x01(\x05\x42\n\n\x08_user_id\">\n\x0c\x43ontribution\x12\x10\n\x08movie_id\x18\x01 \x01(\x03\x12\r\n\x05title\x18\x02 \x01(\t\x12\r\n\x05share\x18\x03 \x01(\x02\"Q\n\x0b\x45xplanation\x12&\n\x03top\x18\x01 \x03(\x0b\x32\x19.movierec.v1.Contribution\x12\x0c\n\x04rest\x18\x02 \x01(\x02\x12\x0c\n\x04\x62ias\x18\x03 \x01(\x02\"\x92\x01\n\x0eRecommendation\x12\x10\n\x08movie_id\x18\x01 \x01(\x03\x12\r\n\x05title\x18\x02 \x01(\t\x12\x0e\n\x06genres\x18\x03 \x03(\t\x12\x12\n\nsimilarity\x18\x04 \x01(\x02\x12\x0c\n\x04year\x18\x05 \x01(\x05\x12-\n\x0b\x65xplanation\x18\x06 \x01(\x0b\x32\x18.movierec.v1.Explanation\"{\n\x11RecommendResponse\x12\x34\n\x0frecommendations\x18\x01 \x03(\x0b\x32\x1b.movierec.v1.Recommendation\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x19\n\x11ignored_movie_ids\x18\x03 \x03(\x03\"3\n\x14SimilarMoviesRequest\x12\x10\n\x08movie_id\x18\x01 \x01(\x03\x12\t\n\x01k\x18\x02 \x01(\x05\"d\n\x15SimilarMoviesResponse\x12\x34\n\x0frecommendations\x18\x01 \x03(\x0b\x32\x1b.movierec.v1.Recommendation\x12\x15\n\rmodel_version\x18\x02 \x01(\t\"#\n\x0fGetMovieRequest\x12\x10\n\x08movie_id\x18\x01 \x01(\x03\"F\n\x05Movie\x12\x10\n\x08movie_id\x18\x01 \x01(\x03\x12\r\n\x05title\x18\x02 \x01(\t\x12\x0e\n\x06genres\x18\x03 \x03(\t\x12\x0c\n\x04year\x18\x04 \x01(\x05\"L\n\x10GetMovieResponse\x12!\n\x05movie\x18\x01 \x01(\x0b\x32\x12.movierec.v1.Movie\x12\x15\n\rmodel_version\x18\x02 \x01(\t\"\x14\n\x12ReloadModelRequest\"b\n\x13ReloadModelResponse\x12\x15\n\rmodel_version\x18\x01 \x01(\t\x12\x1e\n\x16previous_model_version\x18\x02 \x01(\t\x12\x14\n\x0cload_seconds\x18\x03 \x01(\x01\x32\x81\x02\n\x12RecommenderService\x12J\n\tRecommend\x12\x1d.movierec.v1.RecommendRequest\x1a\x1e.movierec.v1.RecommendResponse\x12V\n\rSimilarMovies\x12!.movierec.v1.SimilarMoviesRequest\x1a\".movierec.v1.SimilarMoviesResponse\x12G\n\x08GetMovie\x12\x1c.movierec.v1.GetMovieRequest\x1a\x1d.movierec.v1.GetMovieResponse2`\n\x0c\x41\x64minService\x12P\n\x0bReloadModel\x12\x1f.movierec.v1.ReloadModelRequest\x1a .movierec.v1.ReloadModelResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dmovierec/v1/recommender.proto\x12\x0bmovierec.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\"\xa4\x02\n\x10RecommendRequest\x12\x14\n\x07user_id\x18\x01 \x01(\x03H\x00\x88\x01\x01\x12\x11\n\tmovie_ids\x18\x02 \x03(\x03\x12\t\n\x01k\x18\x03 \x01(\x05\x12\x17\n\x0finclude_watched\x18\x04 \x01(\x08\x12\x0f\n\x07\x65xplain\x18\x05 \x01(\x05\x12#\n\x06\x66ilter\x18\x06 \x01(\x0b\x32\x13.movierec.v1.Filter\x12\x1a\n\x12negative_movie_ids\x18\x07 \x03(\x03\x12\x0f\n\x07weights\x18\x08 \x03(\x02\x12\x11\n\tdiversity\x18\t \x01(\x02\x12\x10\n\x08user_key\x18\n \x01(\t\x12\x12\n\nmovie_keys\x18\x0b \x03(\t\x12\x1b\n\x13negative_movie_keys\x18\x0c \x03(\tB\n\n\x08_user_id\"\xbf\x01\n\x06\x46ilter\x12\x12\n\ngenres_any\x18\x01 \x03(\t\x12\x13\n\x0bgenres_none\x18\x02 \x03(\t\x12\x10\n\x08year_min\x18\x03 \x01(\x05\x12\x10\n\x08year_max\x18\x04 \x01(\x05\x12\x19\n\x11\x65xclude_movie_ids\x18\x05 \x03(\x03\x12\x17\n\x0f\x61llow_movie_ids\x18\x06 \x03(\x03\x12\x1a\n\x12\x65xclude_movie_keys\x18\x07 \x03(\t\x12\x18\n\x10\x61llow_movie_keys\x18\x08 \x03(\t\"Q\n\x0c\x43ontribution\x12\x10\n\x08movie_id\x18\x01 \x01(\x03\x12\r\n\x05title\x18\x02 \x01(\t\x12\r\n\x05share\x18\x03 \x01(\x02\x12\x11\n\tmovie_key\x18\x04 \x01(\t\"Q\n\x0b\x45xplanation\x12&\n\x03top\x18\x01 \x03(\x0b\x32\x19.movierec.v1.Contribution\x12\x0c\n\x04rest\x18\x02 \x01(\x02\x12\x0c\n\x04\x62ias\x18\x03 \x01(\x02\"\xca\x01\n\x0eRecommendation\x12\x10\n\x08movie_id\x18\x01 \x01(\x03\x12\r\n\x05title\x18\x02 \x01(\t\x12\x0e\n\x06genres\x18\x03 \x03(\t\x12\x12\n\nsimilarity\x18\x04 \x01(\x02\x12\x0c\n\x04year\x18\x05 \x01(\x05\x12-\n\x0b\x65xplanation\x18\x06 \x01(\x0b\x32\x18.movierec.v1.Explanation\x12#\n\x06reason\x18\x07 \x01(\x0e\x32\x13.movierec.v1.Reason\x12\x11\n\tmovie_key\x18\x08 \x01(\t\"\xaa\x01\n\x11RecommendResponse\x12\x34\n\x0frecommendations\x18\x01 \x03(\x0b\x32\x1b.movierec.v1.Recommendation\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x19\n\x11ignored_movie_ids\x18\x03 \x03(\x03\x12\x11\n\texhausted\x18\x04 \x01(\x08\x12\x1a\n\x12ignored_movie_keys\x18\x05 \x03(\t\"H\n\x15\x42\x61tchRecommendRequest\x12/\n\x08requests\x18\x01 \x03(\x0b\x32\x1d.movierec.v1.RecommendRequest\"p\n\x0b\x42\x61tchResult\x12\x32\n\x08response\x18\x01 \x01(\x0b\x32\x1e.movierec.v1.RecommendResponseH\x00\x12#\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x12.google.rpc.StatusH\x00\x42\x08\n\x06result\"Z\n\x16\x42\x61tchRecommendResponse\x12)\n\x07results\x18\x01 \x03(\x0b\x32\x18.movierec.v1.BatchResult\x12\x15\n\rmodel_version\x18\x02 \x01(\t\"k\n\x14SimilarMoviesRequest\x12\x10\n\x08movie_id\x18\x01 \x01(\x03\x12\t\n\x01k\x18\x02 \x01(\x05\x12#\n\x06\x66ilter\x18\x03 \x01(\x0b\x32\x13.movierec.v1.Filter\x12\x11\n\tmovie_key\x18\x04 \x01(\t\"w\n\x15SimilarMoviesResponse\x12\x34\n\x0frecommendations\x18\x01 \x03(\x0b\x32\x1b.movierec.v1.Recommendation\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x11\n\texhausted\x18\x03 \x01(\x08\"6\n\x0fGetMovieRequest\x12\x10\n\x08movie_id\x18\x01 \x01(\x03\x12\x11\n\tmovie_key\x18\x02 \x01(\t\"j\n\x05Movie\x12\x10\n\x08movie_id\x18\x01 \x01(\x03\x12\r\n\x05title\x18\x02 \x01(\t\x12\x0e\n\x06genres\x18\x03 \x03(\t\x12\x0c\n\x04year\x18\x04 \x01(\x05\x12\x11\n\tmovie_key\x18\x05 \x01(\t\x12\x0f\n\x07indexed\x18\x06 \x01(\x08\"L\n\x10GetMovieResponse\x12!\n\x05movie\x18\x01 \x01(\x0b\x32\x12.movierec.v1.Movie\x12\x15\n\rmodel_version\x18\x02 \x01(\t\"\xbf\x01\n\x05\x45vent\x12\x0f\n\x07user_id\x18\x01 \x01(\x03\x12\x10\n\x08movie_id\x18\x02 \x01(\x03\x12$\n\x04type\x18\x03 \x01(\x0e\x32\x16.movierec.v1.EventType\x12\x13\n\x06rating\x18\x04 \x01(\x02H\x00\x88\x01\x01\x12(\n\x04time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08user_key\x18\x06 \x01(\t\x12\x11\n\tmovie_key\x18\x07 \x01(\tB\t\n\x07_rating\"9\n\x13RecordEventsRequest\x12\"\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x12.movierec.v1.Event\"_\n\x14RecordEventsResponse\x12\x10\n\x08recorded\x18\x01 \x01(\x05\x12\x19\n\x11ignored_movie_ids\x18\x02 \x03(\x03\x12\x1a\n\x12ignored_movie_keys\x18\x03 \x03(\t\"\x14\n\x12ReloadModelRequest\"b\n\x13ReloadModelResponse\x12\x15\n\rmodel_version\x18\x01 \x01(\t\x12\x1e\n\x16previous_model_version\x18\x02 \x01(\t\x12\x14\n\x0cload_seconds\x18\x03 \x01(\x01*;\n\x06Reason\x12\x16\n\x12REASON_UNSPECIFIED\x10\x00\x12\x0c\n\x08PERSONAL\x10\x01\x12\x0b\n\x07POPULAR\x10\x02*I\n\tEventType\x12\x1a\n\x16\x45VENT_TYPE_UNSPECIFIED\x10\x00\x12\t\n\x05WATCH\x10\x01\x12\x08\n\x04LIKE\x10\x02\x12\x0b\n\x07\x44ISLIKE\x10\x03\x32\xb1\x03\n\x12RecommenderService\x12J\n\tRecommend\x12\x1d.movierec.v1.RecommendRequest\x1a\x1e.movierec.v1.RecommendResponse\x12Y\n\x0e\x42\x61tchRecommend\x12\".movierec.v1.BatchRecommendRequest\x1a#.movierec.v1.BatchRecommendResponse\x12V\n\rSimilarMovies\x12!.movierec.v1.SimilarMoviesRequest\x1a\".movierec.v1.SimilarMoviesResponse\x12G\n\x08GetMovie\x12\x1c.movierec.v1.GetMovieRequest\x1a\x1d.movierec.v1.GetMovieResponse\x12S\n\x0cRecordEvents\x12 .movierec.v1.RecordEventsRequest\x1a!.movierec.v1.RecordEventsResponse2`\n\x0c\x41\x64minService\x12P\n\x0bReloadModel\x12\x1f.movierec.v1.ReloadModelRequest\x1a .movierec.v1.ReloadModelResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'movierec.v1.recommender_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_RECOMMENDREQUEST']._serialized_start=46
-  _globals['_RECOMMENDREQUEST']._serialized_end=170
-  _globals['_CONTRIBUTION']._serialized_start=172
-  _globals['_CONTRIBUTION']._serialized_end=234
-  _globals['_EXPLANATION']._serialized_start=236
-  _globals['_EXPLANATION']._serialized_end=317
-  _globals['_RECOMMENDATION']._serialized_start=320
-  _globals['_RECOMMENDATION']._serialized_end=466
-  _globals['_RECOMMENDRESPONSE']._serialized_start=468
-  _globals['_RECOMMENDRESPONSE']._serialized_end=591
-  _globals['_SIMILARMOVIESREQUEST']._serialized_start=593
-  _globals['_SIMILARMOVIESREQUEST']._serialized_end=644
-  _globals['_SIMILARMOVIESRESPONSE']._serialized_start=646
-  _globals['_SIMILARMOVIESRESPONSE']._serialized_end=746
-  _globals['_GETMOVIEREQUEST']._serialized_start=748
-  _globals['_GETMOVIEREQUEST']._serialized_end=783
-  _globals['_MOVIE']._serialized_start=785
-  _globals['_MOVIE']._serialized_end=855
-  _globals['_GETMOVIERESPONSE']._serialized_start=857
-  _globals['_GETMOVIERESPONSE']._serialized_end=933
-  _globals['_RELOADMODELREQUEST']._serialized_start=935
-  _globals['_RELOADMODELREQUEST']._serialized_end=955
-  _globals['_RELOADMODELRESPONSE']._serialized_start=957
-  _globals['_RELOADMODELRESPONSE']._serialized_end=1055
-  _globals['_RECOMMENDERSERVICE']._serialized_start=1058
-  _globals['_RECOMMENDERSERVICE']._serialized_end=1315
-  _globals['_ADMINSERVICE']._serialized_start=1317
-  _globals['_ADMINSERVICE']._serialized_end=1413
+  _globals['_REASON']._serialized_start=2361
+  _globals['_REASON']._serialized_end=2420
+  _globals['_EVENTTYPE']._serialized_start=2422
+  _globals['_EVENTTYPE']._serialized_end=2495
+  _globals['_RECOMMENDREQUEST']._serialized_start=105
+  _globals['_RECOMMENDREQUEST']._serialized_end=397
+  _globals['_FILTER']._serialized_start=400
+  _globals['_FILTER']._serialized_end=591
+  _globals['_CONTRIBUTION']._serialized_start=593
+  _globals['_CONTRIBUTION']._serialized_end=674
+  _globals['_EXPLANATION']._serialized_start=676
+  _globals['_EXPLANATION']._serialized_end=757
+  _globals['_RECOMMENDATION']._serialized_start=760
+  _globals['_RECOMMENDATION']._serialized_end=962
+  _globals['_RECOMMENDRESPONSE']._serialized_start=965
+  _globals['_RECOMMENDRESPONSE']._serialized_end=1135
+  _globals['_BATCHRECOMMENDREQUEST']._serialized_start=1137
+  _globals['_BATCHRECOMMENDREQUEST']._serialized_end=1209
+  _globals['_BATCHRESULT']._serialized_start=1211
+  _globals['_BATCHRESULT']._serialized_end=1323
+  _globals['_BATCHRECOMMENDRESPONSE']._serialized_start=1325
+  _globals['_BATCHRECOMMENDRESPONSE']._serialized_end=1415
+  _globals['_SIMILARMOVIESREQUEST']._serialized_start=1417
+  _globals['_SIMILARMOVIESREQUEST']._serialized_end=1524
+  _globals['_SIMILARMOVIESRESPONSE']._serialized_start=1526
+  _globals['_SIMILARMOVIESRESPONSE']._serialized_end=1645
+  _globals['_GETMOVIEREQUEST']._serialized_start=1647
+  _globals['_GETMOVIEREQUEST']._serialized_end=1701
+  _globals['_MOVIE']._serialized_start=1703
+  _globals['_MOVIE']._serialized_end=1809
+  _globals['_GETMOVIERESPONSE']._serialized_start=1811
+  _globals['_GETMOVIERESPONSE']._serialized_end=1887
+  _globals['_EVENT']._serialized_start=1890
+  _globals['_EVENT']._serialized_end=2081
+  _globals['_RECORDEVENTSREQUEST']._serialized_start=2083
+  _globals['_RECORDEVENTSREQUEST']._serialized_end=2140
+  _globals['_RECORDEVENTSRESPONSE']._serialized_start=2142
+  _globals['_RECORDEVENTSRESPONSE']._serialized_end=2237
+  _globals['_RELOADMODELREQUEST']._serialized_start=2239
+  _globals['_RELOADMODELREQUEST']._serialized_end=2259
+  _globals['_RELOADMODELRESPONSE']._serialized_start=2261
+  _globals['_RELOADMODELRESPONSE']._serialized_end=2359
+  _globals['_RECOMMENDERSERVICE']._serialized_start=2498
+  _globals['_RECOMMENDERSERVICE']._serialized_end=2931
+  _globals['_ADMINSERVICE']._serialized_start=2933
+  _globals['_ADMINSERVICE']._serialized_end=3029
 # @@protoc_insertion_point(module_scope)

@@ -40,6 +40,11 @@ class RecommenderServiceStub:
                 request_serializer=movierec_dot_v1_dot_recommender__pb2.RecommendRequest.SerializeToString,
                 response_deserializer=movierec_dot_v1_dot_recommender__pb2.RecommendResponse.FromString,
                 _registered_method=True)
+        self.BatchRecommend = channel.unary_unary(
+                '/movierec.v1.RecommenderService/BatchRecommend',
+                request_serializer=movierec_dot_v1_dot_recommender__pb2.BatchRecommendRequest.SerializeToString,
+                response_deserializer=movierec_dot_v1_dot_recommender__pb2.BatchRecommendResponse.FromString,
+                _registered_method=True)
         self.SimilarMovies = channel.unary_unary(
                 '/movierec.v1.RecommenderService/SimilarMovies',
                 request_serializer=movierec_dot_v1_dot_recommender__pb2.SimilarMoviesRequest.SerializeToString,
@@ -50,6 +55,11 @@ class RecommenderServiceStub:
                 request_serializer=movierec_dot_v1_dot_recommender__pb2.GetMovieRequest.SerializeToString,
                 response_deserializer=movierec_dot_v1_dot_recommender__pb2.GetMovieResponse.FromString,
                 _registered_method=True)
+        self.RecordEvents = channel.unary_unary(
+                '/movierec.v1.RecommenderService/RecordEvents',
+                request_serializer=movierec_dot_v1_dot_recommender__pb2.RecordEventsRequest.SerializeToString,
+                response_deserializer=movierec_dot_v1_dot_recommender__pb2.RecordEventsResponse.FromString,
+                _registered_method=True)
 
 
 class RecommenderServiceServicer:
@@ -57,8 +67,18 @@ class RecommenderServiceServicer:
     """
 
     def Recommend(self, request, context):
-        """Movies a user should watch next: the user's watched-movie vectors are aggregated
-        element-wise and the nearest movies they have not seen are returned, best first.
+        """Movies a user should watch next: the user's history (training history plus recorded
+        events, or an inline history) is aggregated element-wise and the nearest movies that pass
+        the filter are returned, best first. A user with no usable history gets the most popular
+        movies that pass, marked POPULAR.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def BatchRecommend(self, request, context):
+        """Many Recommends in one call, answered in request order; a bad entry fails alone.
+        At most 64 requests, and at most 64x the cost of a plain Recommend in all.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -72,7 +92,15 @@ class RecommenderServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetMovie(self, request, context):
-        """Metadata of one movie.
+        """Metadata of one catalogued movie.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RecordEvents(self, request, context):
+        """Record what users watched, liked or disliked; their next Recommend reflects it. OK means
+        every recorded event is stored durably. At most 1,000 events per call.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -86,6 +114,11 @@ def add_RecommenderServiceServicer_to_server(servicer, server):
                     request_deserializer=movierec_dot_v1_dot_recommender__pb2.RecommendRequest.FromString,
                     response_serializer=movierec_dot_v1_dot_recommender__pb2.RecommendResponse.SerializeToString,
             ),
+            'BatchRecommend': grpc.unary_unary_rpc_method_handler(
+                    servicer.BatchRecommend,
+                    request_deserializer=movierec_dot_v1_dot_recommender__pb2.BatchRecommendRequest.FromString,
+                    response_serializer=movierec_dot_v1_dot_recommender__pb2.BatchRecommendResponse.SerializeToString,
+            ),
             'SimilarMovies': grpc.unary_unary_rpc_method_handler(
                     servicer.SimilarMovies,
                     request_deserializer=movierec_dot_v1_dot_recommender__pb2.SimilarMoviesRequest.FromString,
@@ -95,6 +128,11 @@ def add_RecommenderServiceServicer_to_server(servicer, server):
                     servicer.GetMovie,
                     request_deserializer=movierec_dot_v1_dot_recommender__pb2.GetMovieRequest.FromString,
                     response_serializer=movierec_dot_v1_dot_recommender__pb2.GetMovieResponse.SerializeToString,
+            ),
+            'RecordEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordEvents,
+                    request_deserializer=movierec_dot_v1_dot_recommender__pb2.RecordEventsRequest.FromString,
+                    response_serializer=movierec_dot_v1_dot_recommender__pb2.RecordEventsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -125,6 +163,33 @@ class RecommenderService:
             '/movierec.v1.RecommenderService/Recommend',
             movierec_dot_v1_dot_recommender__pb2.RecommendRequest.SerializeToString,
             movierec_dot_v1_dot_recommender__pb2.RecommendResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BatchRecommend(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/movierec.v1.RecommenderService/BatchRecommend',
+            movierec_dot_v1_dot_recommender__pb2.BatchRecommendRequest.SerializeToString,
+            movierec_dot_v1_dot_recommender__pb2.BatchRecommendResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -189,9 +254,37 @@ class RecommenderService:
             metadata,
             _registered_method=True)
 
+    @staticmethod
+    def RecordEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/movierec.v1.RecommenderService/RecordEvents',
+            movierec_dot_v1_dot_recommender__pb2.RecordEventsRequest.SerializeToString,
+            movierec_dot_v1_dot_recommender__pb2.RecordEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
 
 class AdminServiceStub:
-    """Operations on a running server. Guarded by the same bearer tokens as RecommenderService.
+    """Operations on a running server. Off unless the server has admin tokens
+    (--admin-tokens-file); then every call needs one of them as its bearer token.
     """
 
     def __init__(self, channel):
@@ -208,14 +301,16 @@ class AdminServiceStub:
 
 
 class AdminServiceServicer:
-    """Operations on a running server. Guarded by the same bearer tokens as RecommenderService.
+    """Operations on a running server. Off unless the server has admin tokens
+    (--admin-tokens-file); then every call needs one of them as its bearer token.
     """
 
     def ReloadModel(self, request, context):
         """Re-read the artifact directory the server was started with (a directory replaced by a
         new training run, or a symlink switched to a new version): verified and loaded fully
-        before it replaces the serving model; calls in flight finish on the old one. A bad
-        artifact is refused with FAILED_PRECONDITION and the old model keeps serving.
+        before it replaces the serving model in every server process; calls in flight finish on
+        the old one. A bad artifact is refused with FAILED_PRECONDITION and the old model keeps
+        serving. Concurrent reloads join the one in progress.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -238,7 +333,8 @@ def add_AdminServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class AdminService:
-    """Operations on a running server. Guarded by the same bearer tokens as RecommenderService.
+    """Operations on a running server. Off unless the server has admin tokens
+    (--admin-tokens-file); then every call needs one of them as its bearer token.
     """
 
     @staticmethod

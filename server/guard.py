@@ -1,0 +1,248 @@
+"""One guard around every method the server registers (our services, health, reflection),
+wrapped once at registration rather than intercepted per call. For each call, in order:
+
+1. decoding: a body that is not the method's message is INVALID_ARGUMENT, after the
+   credential check, counted and logged like any call (grpc would answer UNKNOWN and log a
+   traceback per call);
+2. authentication: with client tokens configured, a call without one is UNAUTHENTICATED
+   (health stays open for load balancers and orchestrators); AdminService calls need an
+   admin token, whatever the client tokens are;
+3. deadlines: a call whose deadline has passed is not worked on (DEADLINE_EXCEEDED);
+4. admission: past ``max_inflight`` calls in progress a call is RESOURCE_EXHAUSTED at once,
+   so a burst is shed instead of queueing (health checks are never shed);
+5. errors: a ``StatusError`` raised by the service becomes its status code; anything else is
+   INTERNAL, logged here with its traceback and never sent;
+6. accounting: Prometheus metrics and one access log line, with the code the caller really
+   got (a call cut by its deadline or by shutdown is not OK).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any, TypeAlias
+
+import grpc
+from grpc_health.v1 import health
+
+from movierec.errors import StatusError
+from server.observability import Metrics, access_log
+from server.security import Tokens
+
+log = logging.getLogger(__name__)
+HEALTH_SERVICE = health.SERVICE_NAME
+ADMIN_SERVICE = "movierec.v1.AdminService"
+
+Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"  # generic only in the type stubs
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+class Undecodable:
+    """Stands in for a request body that could not be parsed."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+
+class CallGuard:
+    def __init__(
+        self, metrics: Metrics, tokens: Tokens, admin_tokens: Tokens, max_inflight: int
+    ) -> None:
+        self.metrics = metrics
+        self.tokens = tokens
+        self.admin_tokens = admin_tokens
+        self.max_inflight = max_inflight
+        self.inflight = 0
+
+    def register(
+        self, server: grpc.aio.Server, add: Callable[[Any, Any], None], servicer: Any
+    ) -> None:
+        """Register ``servicer`` with a generated ``add_*_to_server`` function, every one of
+        its methods wrapped in the guard."""
+        add(servicer, _Capture(self, server))
+
+    def wrap(self, service: str, method: str, handler: Handler) -> Handler:
+        path = f"/{service}/{method}"
+        decode = _tolerant(handler.request_deserializer)
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(
+                self._unary(path, service, handler.unary_unary), decode,
+                handler.response_serializer,
+            )  # fmt: skip
+        stream: Callable[..., Any] | None = handler.unary_stream or handler.stream_stream
+        if stream is None:
+            raise TypeError(f"{path}: client-streaming methods are not guarded")
+        wrapped = self._stream(path, service, stream, handler.unary_stream is None)
+        make = (
+            grpc.stream_stream_rpc_method_handler
+            if handler.stream_stream is not None
+            else grpc.unary_stream_rpc_method_handler
+        )
+        return make(wrapped, decode, handler.response_serializer)
+
+    def _unary(self, path: str, service: str, behavior: Callable[..., Any]) -> Callable[..., Any]:
+        is_health = service == HEALTH_SERVICE
+        tokens = self.admin_tokens if service == ADMIN_SERVICE else self.tokens
+
+        async def guarded(request: Any, context: Context) -> Any:
+            start = time.perf_counter()
+            code = grpc.StatusCode.OK
+            admitted = False
+            try:
+                if not is_health:
+                    _authenticate(tokens, context)
+                if isinstance(request, Undecodable):
+                    raise _Abort(INVALID, f"the request body ({request.size} bytes) is not a "
+                                          f"{path} request")  # fmt: skip
+                if _expired(context):
+                    raise _Abort(DEADLINE, "deadline passed before the call was handled")
+                if not is_health:
+                    if self.inflight >= self.max_inflight:
+                        raise _Abort(BUSY, f"server busy: {self.max_inflight} calls in flight; "
+                                           "retry")  # fmt: skip
+                    self.inflight += 1
+                    admitted = True
+                    self.metrics.inflight.inc()
+                return await behavior(request, context)
+            except _Abort as e:
+                code = e.code
+                await context.abort(e.code, e.message)
+            except StatusError as e:
+                code = grpc.StatusCode[e.code]
+                await context.abort(code, e.message)
+            except asyncio.CancelledError:
+                code = _cut_short(context)
+                raise
+            except grpc.aio.AbortError:
+                code = context.code() or grpc.StatusCode.UNKNOWN
+                raise
+            except Exception:
+                log.exception("%s failed", path)
+                code = grpc.StatusCode.INTERNAL
+                await context.abort(code, "internal error; see the server log")
+            finally:
+                if admitted:
+                    self.inflight -= 1
+                    self.metrics.inflight.dec()
+                if code == grpc.StatusCode.OK and _expired(context):
+                    code = grpc.StatusCode.DEADLINE_EXCEEDED  # the caller stopped waiting
+                self._account(path, code, start, request, context, is_health)
+
+        return guarded
+
+    def _stream(
+        self, path: str, service: str, behavior: Callable[..., Any], unary_request: bool
+    ) -> Callable[..., Any]:
+        is_health = service == HEALTH_SERVICE
+        tokens = self.admin_tokens if service == ADMIN_SERVICE else self.tokens
+
+        async def guarded(request: Any, context: Context) -> AsyncIterator[Any]:
+            start = time.perf_counter()
+            code = grpc.StatusCode.OK
+            try:
+                if not is_health:
+                    _authenticate(tokens, context)
+                if unary_request and isinstance(request, Undecodable):
+                    raise _Abort(INVALID, "undecodable request body")
+                requests = request if unary_request else _decoded(request)
+                async for response in behavior(requests, context):
+                    yield response
+            except _Abort as e:
+                code = e.code
+                await context.abort(e.code, e.message)
+            except asyncio.CancelledError:
+                code = _cut_short(context)
+                raise
+            except grpc.aio.AbortError:
+                code = context.code() or grpc.StatusCode.UNKNOWN
+                raise
+            except Exception:
+                log.exception("%s failed", path)
+                code = grpc.StatusCode.INTERNAL
+                await context.abort(code, "internal error; see the server log")
+            finally:
+                self._account(path, code, start, None, context, is_health)
+
+        return guarded
+
+    def _account(
+        self, path: str, code: grpc.StatusCode, start: float, request: Any, context: Context,
+        is_health: bool,
+    ) -> None:  # fmt: skip
+        seconds = time.perf_counter() - start
+        self.metrics.observe(path, code.name, seconds)
+        if is_health or not access_log.isEnabledFor(logging.INFO):
+            return
+        k, peer = getattr(request, "k", None), context.peer()
+        access_log.info(
+            "%s %s %.2fms k=%s peer=%s", path, code.name, seconds * 1e3, k, peer,
+            extra={"method": path, "code": code.name, "ms": round(seconds * 1e3, 3), "k": k,
+                   "peer": peer},
+        )  # fmt: skip
+
+
+INVALID = grpc.StatusCode.INVALID_ARGUMENT
+DEADLINE = grpc.StatusCode.DEADLINE_EXCEEDED
+BUSY = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def _authenticate(tokens: Tokens, context: Context) -> None:
+    if tokens.enabled and not tokens.accepts(tuple(context.invocation_metadata() or ())):
+        raise _Abort(grpc.StatusCode.UNAUTHENTICATED, "missing or invalid bearer token")
+
+
+class _Abort(Exception):
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        self.code, self.message = code, message
+
+
+def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    """A deserializer that hands a bad body to the guard instead of raising inside grpc."""
+    if deserializer is None:
+        return None
+
+    def decode(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception:
+            return Undecodable(len(data))
+
+    return decode
+
+
+async def _decoded(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    async for r in requests:
+        if isinstance(r, Undecodable):
+            raise _Abort(INVALID, "undecodable request message")
+        yield r
+
+
+def _expired(context: Context) -> bool:
+    remaining = context.time_remaining()
+    return remaining is not None and remaining <= 0
+
+
+def _cut_short(context: Context) -> grpc.StatusCode:
+    """Why a handler was cancelled: its deadline passed, or the caller or shutdown cut it."""
+    return grpc.StatusCode.DEADLINE_EXCEEDED if _expired(context) else grpc.StatusCode.CANCELLED
+
+
+class _Capture:
+    """Stands in for the server when a generated ``add_*_to_server`` registers a service,
+    so each method handler is wrapped before the real server sees it."""
+
+    def __init__(self, guard: CallGuard, server: grpc.aio.Server) -> None:
+        self._guard, self._server = guard, server
+
+    def add_registered_method_handlers(self, service: str, handlers: dict[str, Handler]) -> None:
+        wrapped = {m: self._guard.wrap(service, m, h) for m, h in handlers.items()}
+        self._server.add_registered_method_handlers(service, wrapped)
+        # and the same wrapped handlers for calls that take grpc's generic lookup
+        self._server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler(service, wrapped),)
+        )
+
+    def add_generic_rpc_handlers(self, generic: tuple[Any, ...]) -> None:
+        """Ignored: generated code registers the same handlers by name right after."""
