@@ -158,6 +158,17 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _events_export(args: argparse.Namespace) -> int:
+    from server.events import export_events
+
+    rows = export_events(args.events, args.out, args.base)
+    print(
+        f"wrote {args.out}: {rows} rows from events"
+        + (f" after {args.base}'s" if args.base else "")
+    )
+    return 0
+
+
 # --- serving side --------------------------------------------------------------------------
 
 
@@ -446,6 +457,25 @@ def _parser() -> argparse.ArgumentParser:
     p = command("sample", _sample, "write the built-in sample dataset (MovieLens CSV layout)")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--seed", type=int, default=0)
+
+    p = command("events", None, "the event store: export recorded events as ratings")
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    p = actions.add_parser(
+        "export",
+        help="write the events as a ratings.csv the trainer reads",
+        description="Write the recorded events as a MovieLens ratings.csv (WATCH: its stars, "
+        "else 4.0; LIKE 5.0; DISLIKE 0.5; one row per user and movie, from the latest event), "
+        "after the rows of --base if given: train on it with --ratings OUT --movies movies.csv.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.set_defaults(handler=_events_export)
+    p.add_argument(
+        "--events",
+        help="the store: sqlite:///PATH, redis://HOST:PORT/DB (default: events.sqlite3 in the "
+        "state directory, $MOVIEREC_STATE_DIR or ~/.local/state/movierec)",
+    )
+    p.add_argument("--out", type=Path, required=True, help="the ratings .csv to write")
+    p.add_argument("--base", type=Path, help="an existing ratings.csv to copy first")
 
     p = command("demo", _demo, "generate the sample, train on it and serve it")
     p.add_argument("--workdir", type=Path, default=Path("artifacts/demo"))
