@@ -10,11 +10,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 
 from movierec.artifacts import read_artifacts
 from movierec.client import RecommenderClient
 from server.app import RunningServer, build_server
 from server.recommender import Recommender
+from tests.redis_server import RedisServer
 from trainer.config import TrainConfig
 from trainer.pipeline import run_training
 from trainer.sample import Sample, make_sample
@@ -92,3 +94,20 @@ def require(path: Path) -> Path:
             pytest.fail(f"{path} is missing, and CI must have ../shared")
         pytest.skip(f"{path} not found (set MOVIEREC_SHARED to the shared/ folder)")
     return path
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A real redis-server on a free loopback port, durable settings (AOF, appendfsync
+    always); skipped where it is not installed, except in CI."""
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    """The session's Redis, emptied for this test."""
+    with redis.Redis(port=redis_server.port) as r:
+        r.flushall()
+    return redis_server.url()
