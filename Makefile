@@ -28,6 +28,7 @@ proto: $(BIN)/movierec
 
 bench: $(BIN)/movierec
 	$(BIN)/python benchmarks/bench_core.py
+	$(BIN)/python benchmarks/bench_events.py
 	$(BIN)/python benchmarks/bench_grpc.py --synthetic 62423
 	$(BIN)/python benchmarks/bench_grpc.py --synthetic 62423 --processes 2
 	$(BIN)/movierec train --data ../shared/data/ml-latest-small --out artifacts/mls --quiet

@@ -166,6 +166,17 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _events_export(args: argparse.Namespace) -> int:
+    from server.events import export_events
+
+    rows = export_events(args.events, args.out, args.base)
+    print(
+        f"wrote {args.out}: {rows} rows from events"
+        + (f" after {args.base}'s" if args.base else "")
+    )
+    return 0
+
+
 # --- serving side --------------------------------------------------------------------------
 
 
@@ -467,6 +478,36 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--seed", type=int, default=0)
 
+    p = command("events", None, "record events by hand, or export the stored ones as ratings")
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    record = actions.add_parser(
+        "record",
+        help="record one event through a running server (RecordEvents)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    record.set_defaults(handler=_events)
+    record.add_argument("--user", type=_key, required=True)
+    record.add_argument("--movie", type=_key, required=True)
+    record.add_argument("--type", choices=["watch", "like", "dislike"], default="watch")
+    record.add_argument("--rating", type=float, help="stars, if the user rated it")
+    _add_client_options(record, timeout=5.0)
+    p = actions.add_parser(
+        "export",
+        help="write the events as a ratings.csv the trainer reads",
+        description="Write the recorded events as a MovieLens ratings.csv (WATCH: its stars, "
+        "else 4.0; LIKE 5.0; DISLIKE 0.5; one row per user and movie, from the latest event), "
+        "after the rows of --base if given: train on it with --ratings OUT --movies movies.csv.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.set_defaults(handler=_events_export)
+    p.add_argument(
+        "--events",
+        help="the store: sqlite:///PATH, redis://HOST:PORT/DB (default: events.sqlite3 in the "
+        "state directory, $MOVIEREC_STATE_DIR or ~/.local/state/movierec)",
+    )
+    p.add_argument("--out", type=Path, required=True, help="the ratings .csv to write")
+    p.add_argument("--base", type=Path, help="an existing ratings.csv to copy first")
+
     p = command("demo", _demo, "generate the sample, train on it and serve it")
     p.add_argument("--workdir", type=Path, default=Path("artifacts/demo"))
     _add_train_options(p)
@@ -480,17 +521,10 @@ def _parser() -> argparse.ArgumentParser:
         ("recommend", _recommend, "recommend movies for a user or an inline history"),
         ("similar", _similar, "movies similar to one movie"),
         ("movie", _movie, "one movie's metadata, as JSON"),
-        ("events", _events, "record an event by hand: movierec events record --user U ..."),
         ("health", _health, "query the standard gRPC health service (exit 0 if SERVING)"),
         ("reload", _reload, "make a running server re-read its artifact directory"),
     ):
         p = command(name, handler, help_text)
-        if name == "events":
-            p.add_argument("action", choices=["record"])
-            p.add_argument("--user", type=_key, required=True)
-            p.add_argument("--movie", type=_key, required=True)
-            p.add_argument("--type", choices=["watch", "like", "dislike"], default="watch")
-            p.add_argument("--rating", type=float, help="stars, if the user rated it")
         _add_client_options(p, timeout=RELOAD_TIMEOUT if name == "reload" else 5.0)
         if name == "recommend":
             p.add_argument("--user", type=_key, help="a user id (unknown users get popular movies)")

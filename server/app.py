@@ -134,7 +134,7 @@ async def build_server(
 ) -> RunningServer:
     """A started, SERVING server (``options.port`` 0 picks a free one); ``artifacts`` is the
     directory ``reload`` re-reads, ``load_seconds`` how long loading ``recommender`` took (a
-    metric), ``store`` where recorded events live (None: RecordEvents is refused),
+    metric), ``store`` where recorded events live (None: none are kept),
     ``reuse_port`` lets the processes of one group share the port."""
     options = options or ServerOptions(port=0)
     # One OpenMP thread per search: parallelism comes from concurrent calls and processes.

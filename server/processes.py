@@ -40,7 +40,7 @@ from server.recommender import Recommender
 
 log = logging.getLogger(__name__)
 ROUND_TIMEOUT = 900.0  # seconds a reload round may take (an HNSW index of 1M movies is slow)
-OpenStore = Callable[[ServerOptions], EventStore | None]
+OpenStore = Callable[[ServerOptions], EventStore]
 Ready = Callable[[int, int | None, int | None], None]  # (port, health port, metrics port)
 
 # SIGHUP's default action kills the process: until serving starts, only remember it.

@@ -24,7 +24,7 @@ from movierec.errors import (
 from movierec.v1 import recommender_pb2 as pb
 from movierec.v1 import recommender_pb2_grpc as pb_grpc
 from server.catalogue import Filter
-from server.events import Event, EventStore, EventType
+from server.events import Event, EventStore, EventType, NoStore
 from server.recommender import DEFAULT_K, Recommendations, Recommender, Request, Scored
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -49,7 +49,7 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
         # mixes two models.
         self.recommender = recommender
         self._pool = pool
-        self._store = store
+        self._store = store or NoStore()
         self._max_events = max_events_per_user
 
     async def Recommend(
@@ -116,8 +116,6 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
     async def RecordEvents(
         self, request: pb.RecordEventsRequest, context: Context
     ) -> pb.RecordEventsResponse:
-        if self._store is None:
-            raise FailedPrecondition("this server keeps no events (started with --events none)")
         if len(request.events) > MAX_EVENTS_PER_CALL:
             raise InvalidArgument(
                 f"at most {MAX_EVENTS_PER_CALL} events per call, got {len(request.events)}"
@@ -151,7 +149,7 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
         )
 
     async def _events_of(self, user: Key | None) -> Sequence[Event]:
-        if user is None or self._store is None:
+        if user is None:
             return ()
         return await self._store.recent(user, self._max_events)
 

@@ -4,17 +4,20 @@ gRPC server on an ephemeral loopback port with a real client."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 
 from movierec.artifacts import read_artifacts
 from movierec.client import Client
 from server.app import RunningServer, build_server
 from server.recommender import Recommender
+from tests.redis_server import RedisServer
 from trainer.config import TrainConfig
 from trainer.pipeline import run_training
 from trainer.sample import Sample, make_sample
@@ -24,6 +27,17 @@ MOVIELENS = SHARED / "data" / "ml-latest-small"
 EVAL_SPLIT = SHARED / "eval" / "ml-latest-small"
 # Small but real: a few epochs are enough for the sample's genre structure to show.
 SAMPLE_CONFIG = TrainConfig(epochs=4, seed=0)
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    """A test that runs the CLI in-process configures the root logger with a handler on the
+    test's captured stderr; later tests must not log into that closed stream."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 @pytest.fixture(scope="session")
@@ -92,3 +106,20 @@ def require(path: Path) -> Path:
             pytest.fail(f"{path} is missing, and CI must have ../shared")
         pytest.skip(f"{path} not found (set MOVIEREC_SHARED to the shared/ folder)")
     return path
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A real redis-server on a free loopback port, durable settings (AOF, appendfsync
+    always); skipped where it is not installed, except in CI."""
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    """The session's Redis, emptied for this test."""
+    with redis.Redis(port=redis_server.port) as r:
+        r.flushall()
+    return redis_server.url()

@@ -1,0 +1,1 @@
+"""Event store back-ends; ``server.events.open_store`` picks one by URL."""
