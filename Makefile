@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 $(BIN)/movierec: pyproject.toml
 	python3 -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[train,dev]'
+	$(BIN)/python -m pip install --quiet -e '.[server,train,dev]'
 	touch $@
 
 demo: $(BIN)/movierec
