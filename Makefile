@@ -4,7 +4,7 @@
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test check proto bench
+.PHONY: demo test check proto bench lock image
 
 $(BIN)/movierec: pyproject.toml
 	python3 -m venv $(VENV)
@@ -32,3 +32,24 @@ bench: $(BIN)/movierec
 	$(BIN)/python benchmarks/bench_grpc.py --synthetic 62423 --processes 2
 	$(BIN)/movierec train --data ../shared/data/ml-latest-small --out artifacts/mls --quiet
 	$(BIN)/python benchmarks/bench_ann.py --artifacts artifacts/mls
+
+# The image's locked dependencies (Dockerfile: pip install --require-hashes --no-deps). Run after
+# changing pyproject's dependencies or [server] extra; existing pins are kept where they still
+# fit, `make lock LOCK_ARGS=--upgrade` moves everything to the newest. Needs PyPI.
+UV_VERSION := 0.13.9
+LOCK_FLAGS := --quiet --generate-hashes --python-version 3.11 --python-platform x86_64-manylinux_2_36 \
+	--custom-compile-command 'make lock' $(LOCK_ARGS)
+lock: $(BIN)/movierec
+	$(BIN)/python -m pip install --quiet 'uv==$(UV_VERSION)'
+	$(BIN)/uv pip compile $(LOCK_FLAGS) --extra server pyproject.toml -o requirements/server.lock
+	$(BIN)/uv pip compile $(LOCK_FLAGS) requirements/build.in -o requirements/build.lock
+
+# The serving image, reproducibly: labels from git, file times clamped to the last commit.
+# Needs docker with buildx (BuildKit >= 0.13 for rewrite-timestamp).
+IMAGE ?= movierec
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+image:
+	SOURCE_DATE_EPOCH=$$(git log -1 --format=%ct) docker buildx build \
+		--build-arg VERSION=$(VERSION) --build-arg REVISION=$$(git rev-parse HEAD) \
+		--build-arg SOURCE_DATE_EPOCH=$$(git log -1 --format=%ct) \
+		--output type=docker,name=$(IMAGE):$(VERSION),rewrite-timestamp=true .
