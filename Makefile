@@ -44,12 +44,13 @@ lock: $(BIN)/movierec
 	$(BIN)/uv pip compile $(LOCK_FLAGS) --extra server pyproject.toml -o requirements/server.lock
 	$(BIN)/uv pip compile $(LOCK_FLAGS) requirements/build.in -o requirements/build.lock
 
-# The serving image, reproducibly: labels from git, file times clamped to the last commit.
-# Needs docker with buildx (BuildKit >= 0.13 for rewrite-timestamp).
+# The serving image, reproducibly: labels from git; buildx reads SOURCE_DATE_EPOCH and clamps
+# every file time and the image's creation date to the last commit's. Needs docker buildx
+# (BuildKit >= 0.13 for rewrite-timestamp); no engine runs on the development machine.
 IMAGE ?= movierec
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 image:
 	SOURCE_DATE_EPOCH=$$(git log -1 --format=%ct) docker buildx build \
 		--build-arg VERSION=$(VERSION) --build-arg REVISION=$$(git rev-parse HEAD) \
-		--build-arg SOURCE_DATE_EPOCH=$$(git log -1 --format=%ct) \
+		--build-arg SOURCE=$$(git remote get-url origin 2>/dev/null) \
 		--output type=docker,name=$(IMAGE):$(VERSION),rewrite-timestamp=true .
