@@ -4,12 +4,12 @@
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test check proto bench
+.PHONY: demo test check proto bench lock image
 
 $(BIN)/movierec: pyproject.toml
 	python3 -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[server,train,dev]'
 	touch $@
 
 demo: $(BIN)/movierec
@@ -33,3 +33,25 @@ bench: $(BIN)/movierec
 	$(BIN)/python benchmarks/bench_grpc.py --synthetic 62423 --processes 2
 	$(BIN)/movierec train --data ../shared/data/ml-latest-small --out artifacts/mls --quiet
 	$(BIN)/python benchmarks/bench_ann.py --artifacts artifacts/mls
+
+# The image's locked dependencies (Dockerfile: pip install --require-hashes --no-deps). Run after
+# changing pyproject's dependencies or [server] extra; existing pins are kept where they still
+# fit, `make lock LOCK_ARGS=--upgrade` moves everything to the newest. Needs PyPI.
+UV_VERSION := 0.13.9
+LOCK_FLAGS := --quiet --generate-hashes --python-version 3.11 --python-platform x86_64-manylinux_2_36 \
+	--custom-compile-command 'make lock' $(LOCK_ARGS)
+lock: $(BIN)/movierec
+	$(BIN)/python -m pip install --quiet 'uv==$(UV_VERSION)'
+	$(BIN)/uv pip compile $(LOCK_FLAGS) --extra server pyproject.toml -o requirements/server.lock
+	$(BIN)/uv pip compile $(LOCK_FLAGS) requirements/build.in -o requirements/build.lock
+
+# The serving image, reproducibly: labels from git; buildx reads SOURCE_DATE_EPOCH and clamps
+# every file time and the image's creation date to the last commit's. Needs docker buildx
+# (BuildKit >= 0.13 for rewrite-timestamp); no engine runs on the development machine.
+IMAGE ?= movierec
+VERSION := $(shell sed -n 's/^__version__ = "\(.*\)"/\1/p' movierec/__init__.py)
+image:
+	SOURCE_DATE_EPOCH=$$(git log -1 --format=%ct) docker buildx build \
+		--build-arg VERSION=$(VERSION) --build-arg REVISION=$$(git rev-parse HEAD) \
+		--build-arg SOURCE=$$(git remote get-url origin 2>/dev/null) \
+		--output type=docker,name=$(IMAGE):$(VERSION),rewrite-timestamp=true .

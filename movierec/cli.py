@@ -30,7 +30,7 @@ RELOAD_TIMEOUT = 120.0
 # Optional dependencies by the extra that installs them, for a one-line hint instead of a
 # traceback when a command needs more than this installation has.
 _EXTRAS = {
-    **dict.fromkeys(("numpy", "faiss", "prometheus_client", "grpc_reflection", "grpc_status",
+    **dict.fromkeys(("numpy", "faiss", "prometheus_client", "grpc_reflection",
                      "redis"), "server"),
     **dict.fromkeys(("torch", "pandas", "tqdm", "matplotlib", "sklearn", "pyarrow"), "train"),
     "implicit": "als",
