@@ -6,6 +6,8 @@ querying never load torch or pandas.
     movierec serve --artifacts ARTIFACTS --port 50051
     movierec recommend --target localhost:50051 --user 1 -k 10
     movierec similar --target localhost:50051 --movie 1 -k 10
+    movierec evaluate --split SPLIT --out DIR         # train, score, DIR/report.html
+    movierec report ARTIFACTS --test FILE --out DIR  # a report for an existing model
 """
 
 from __future__ import annotations
@@ -370,7 +372,7 @@ def _add_report_options(p: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     p.add_argument(
         "--map-movies", type=int, default=3000, metavar="N",
-        help="the N most rated movies go into the embedding map (t-SNE: ~10 s for 3,000, "
+        help="the N most rated movies go into the embedding map (t-SNE: 7-14 s for 3,000, "
         "~45 s for 10,000); 0 leaves the map out",
     )  # fmt: skip
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")

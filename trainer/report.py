@@ -52,9 +52,9 @@ from trainer.evaluate import METRICS, DecileRecall, Evaluation, summary
 log = logging.getLogger(__name__)
 
 REPORT = "report.html"
-# t-SNE of the most rated movies only: 6-10 s for 3,000, 16 s for 5,000, 43 s for 10,000,
-# 150 s for 20,000 (one thread, busy 2-core machine); a rarely rated movie's vector comes
-# mostly from its genres and says little.
+# t-SNE of the most rated movies only: 6-14 s for 3,000 (the whole map, from catalogues of
+# 3k, 10k or 62k movies), t-SNE alone 16 s for 5,000, 43 s for 10,000, 150 s for 20,000 (one
+# thread, busy 2-core machine); a rarely rated movie's vector comes mostly from its genres.
 MAP_MOVIES = 3000
 LABELS = {
     "recall@10": "Recall@10",
