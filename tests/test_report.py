@@ -22,7 +22,7 @@ from trainer.report import read_anchors
 from trainer.split import holdout_split
 
 PLOTS = {"metrics.png", "deciles.png", "loss.png", "map.png"}
-TINY = ["--epochs", "2", "--dim", "32", "--quiet", "--map-movies", "150"]  # seconds, not minutes
+TINY = ["--epochs", "1", "--dim", "16", "--quiet", "--map-movies", "150"]  # seconds, not minutes
 
 
 @pytest.fixture(autouse=True)
@@ -75,7 +75,7 @@ def test_evaluate_split_out_trains_into_out_and_writes_the_report(
     assert main(["evaluate", "--split", str(sample_split), "--out", str(out), *TINY]) == 0
     printed = capsys.readouterr().out
     assert "recall@10" in printed and f"wrote {out / 'report.html'}" in printed
-    assert read_artifacts(out / "artifacts").manifest["settings"]["epochs"] == 2
+    assert read_artifacts(out / "artifacts").manifest["settings"]["dim"] == 16
     page = check_page(out, PLOTS)
     assert "Recall by popularity decile" in page
     assert re.search(r"the 150 most rated of [\d,]+ movies", page)
