@@ -121,8 +121,10 @@ def test_report_from_artifacts_alone(
     artifacts_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "later"
+    out.mkdir()
+    (out / "metrics.png").write_bytes(b"from an earlier run with --test")
     assert main(["report", str(artifacts_dir), "--out", str(out), "--map-movies", "0"]) == 0
-    page = check_page(out, {"loss.png"})
+    page = check_page(out, {"loss.png"})  # the stale metrics.png is gone
     assert "--test FILE" in page and "Left out" in page
     assert not (out / "metrics.json").exists()
 

@@ -52,6 +52,7 @@ from trainer.evaluate import METRICS, DecileRecall, Evaluation, summary
 log = logging.getLogger(__name__)
 
 REPORT = "report.html"
+PLOTS = ("metrics.png", "deciles.png", "loss.png", "map.png")
 # t-SNE of the most rated movies only: 6-14 s for 3,000 (the whole map, from catalogues of
 # 3k, 10k or 62k movies), t-SNE alone 16 s for 5,000, 43 s for 10,000, 150 s for 20,000 (one
 # thread, busy 2-core machine); a rarely rated movie's vector comes mostly from its genres.
@@ -90,7 +91,10 @@ def write_report(
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    for name in (*PLOTS, "metrics.json"):  # a rerun into the same folder leaves no stale plot
+        (out / name).unlink(missing_ok=True)
     manifest = artifacts.manifest
+    settings = manifest.get("settings") or {}
     sections: list[str] = []
 
     if evaluation is not None:
@@ -116,7 +120,7 @@ def write_report(
                 "ten equal parts; each bar is the share of the held-out liked movies in that "
                 f"part that were in the user's top {model.k} (pooled over users). "
                 f"{model.unindexed:,} held-out liked movies have no catalogue row (fewer than "
-                f"min_count = {manifest['settings'].get('min_count', '?')} liked training "
+                f"min_count = {settings.get('min_count', '?')} liked training "
                 "ratings) and cannot be recommended by either.",
                 _deciles_table(evaluation.deciles),
             )
@@ -137,7 +141,7 @@ def write_report(
 
     losses = _losses(manifest)
     if losses:
-        _save(loss_figure(losses, str(manifest["settings"].get("objective", ""))), out / "loss.png")
+        _save(loss_figure(losses, str(settings.get("objective", ""))), out / "loss.png")
         sections.append(
             _section(
                 "Training loss",
@@ -163,7 +167,7 @@ def write_report(
                 "Movie vectors in 2-D",
                 None,
                 "Left out (<code>--map-movies</code> under 10, or fewer than 10 movies).",
-            )  # fmt: skip
+            )
         )
     else:
         start = time.perf_counter()
