@@ -6,6 +6,8 @@ querying never load torch or pandas.
     movierec serve --artifacts ARTIFACTS --port 50051
     movierec recommend --target localhost:50051 --user 1 -k 10
     movierec similar --target localhost:50051 --movie 1 -k 10
+    movierec evaluate --split SPLIT --out DIR         # train, score, DIR/report.html
+    movierec report ARTIFACTS --test FILE --out DIR  # a report for an existing model
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import json
 import logging
 import os
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -131,39 +134,66 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from server.app import load_recommender
-    from trainer import movielens
-    from trainer.evaluate import evaluate, format_table
+    """Score a model (trained first with --split); with --out also write the report there."""
+    if (args.split is None) == (args.artifacts is None):
+        raise UsageError("give --artifacts ART --test FILE, or --split DIR (train, then score)")
+    if args.artifacts is not None and args.test is None:
+        raise UsageError("--artifacts needs --test, the held-out ratings file")
     from trainer.pipeline import run_training
 
-    if (args.split is None) == (args.artifacts is None):
-        raise UsageError("give --artifacts ART --test FILE, or --split DIR --out ART")
-    if args.split is not None:
-        if args.out is None:
-            raise UsageError("--split needs --out, where the trained artifacts go")
-        run_training(
-            args.out, _train_config(args), data=args.split / "train", show_progress=not args.quiet
-        )
-        args.artifacts, args.test = args.out, args.test or args.split / "test.csv"
-    elif args.test is None:
-        raise UsageError("--artifacts needs --test, the held-out ratings file")
-    recommender = load_recommender(args.artifacts)
-    results = evaluate(recommender, movielens.read_ratings(args.test))
-    if args.json:
-        settings = recommender.artifacts.manifest["settings"]
-        print(
-            json.dumps(
-                {
-                    "model_version": recommender.model_version,
-                    "train_seconds": settings.get("train_seconds"),
-                    **{name: s.as_dict() for name, s in results.items()},
-                },
-                indent=2,
-            )
-        )
-    else:
-        print(format_table(results))
+    anchors = _read_anchors(args)  # before training: a bad file fails in a second, not minutes
+    with tempfile.TemporaryDirectory(prefix="movierec-evaluate-") as tmp:
+        if args.split is not None:
+            artifacts = (args.out or Path(tmp)) / "artifacts"
+            run_training(
+                artifacts, _train_config(args), data=args.split / "train",
+                show_progress=not args.quiet,
+            )  # fmt: skip
+            args.artifacts, args.test = artifacts, args.test or args.split / "test.csv"
+        _score_and_report(args, args.out, anchors)
     return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    """A report from an existing artifact directory (the metrics too with --test)."""
+    if args.anchors and args.test is None:
+        raise UsageError("--anchors needs --test: anchors are drawn beside the model's metrics")
+    out = args.out or args.artifacts.resolve().with_name(args.artifacts.resolve().name + "-report")
+    _score_and_report(args, out, _read_anchors(args))
+    return 0
+
+
+def _read_anchors(args: argparse.Namespace) -> Any:
+    if not args.anchors:
+        return {}
+    from trainer.report import read_anchors
+
+    return read_anchors(args.anchors)
+
+
+def _score_and_report(args: argparse.Namespace, out: Path | None, anchors: Any) -> None:
+    """Evaluate args.artifacts on args.test (if given), print the figures, and write the
+    report into ``out`` (if given)."""
+    from server.app import load_recommender
+    from trainer import movielens
+    from trainer.evaluate import evaluate_in_full, format_table, summary
+    from trainer.report import write_report
+
+    recommender = load_recommender(args.artifacts)
+    evaluation = None
+    if args.test is not None:
+        evaluation = evaluate_in_full(recommender, movielens.read_ratings(args.test))
+        manifest = recommender.artifacts.manifest
+        if args.json:
+            print(json.dumps(summary(manifest, evaluation), indent=2))
+        else:
+            print(format_table(evaluation.scores))
+    if out is not None:
+        page = write_report(
+            out, recommender.artifacts, evaluation, anchors,
+            test=str(args.test) if args.test else None, map_movies=args.map_movies,
+        )  # fmt: skip
+        print(f"wrote {page}", file=sys.stderr if args.json else sys.stdout)
 
 
 def _events_export(args: argparse.Namespace) -> int:
@@ -413,6 +443,21 @@ def _add_client_options(p: argparse.ArgumentParser, timeout: float) -> None:
     p.add_argument("--client-key", type=Path, help="mutual TLS: the client certificate's key")
 
 
+def _add_report_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--anchors", type=Path, action="append", default=[], metavar="FILE",
+        help="reference figures to plot beside the model (repeatable): JSON or TOML "
+        "{name: {metric: value}}, an earlier run's metrics.json or --json output, or a "
+        "Markdown table such as ANCHORS.md",
+    )  # fmt: skip
+    p.add_argument(
+        "--map-movies", type=int, default=3000, metavar="N",
+        help="the N most rated movies go into the embedding map (t-SNE: 7-14 s for 3,000, "
+        "~45 s for 10,000); 0 leaves the map out",
+    )  # fmt: skip
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
 def _add_serve_options(p: argparse.ArgumentParser) -> None:
     """Flags from server.options.ServerOptions: one place states each default."""
     from server.options import from_environment, settings
@@ -460,9 +505,21 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--artifacts", type=Path, help="a trained artifact directory")
     p.add_argument("--test", type=Path, help="held-out ratings file")
     p.add_argument("--split", type=Path, help="a split folder (train/ + test.csv): train first")
-    p.add_argument("--out", type=Path, help="with --split: where to write the artifacts")
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument(
+        "--out", type=Path, metavar="DIR",
+        help="write the report here (report.html, PNG plots, metrics.json); with --split the "
+        "model is trained into DIR/artifacts (without --out: a temporary folder, table only)",
+    )  # fmt: skip
+    _add_report_options(p)
     _add_train_options(p)
+
+    p = command("report", _report, "an HTML report with plots from an existing artifact directory")
+    p.add_argument("artifacts", type=Path, help="a trained artifact directory")
+    p.add_argument("--test", type=Path, help="held-out ratings file: adds metrics and deciles")
+    p.add_argument(
+        "--out", type=Path, metavar="DIR", help="where to write it (default: ARTIFACTS-report)"
+    )
+    _add_report_options(p)
 
     p = command("data", _download, "fetch MovieLens data: movierec data download RELEASE")
     p.add_argument("action", choices=["download"])

@@ -7,7 +7,7 @@ import math
 import pandas as pd
 import pytest
 
-from trainer.evaluate import ndcg_at, recall_at, relevant_sets, score
+from trainer.evaluate import ndcg_at, recall_at, recall_by_decile, relevant_sets, score
 from trainer.split import holdout_split
 
 
@@ -53,3 +53,26 @@ def test_holdout_split_follows_the_protocol() -> None:
     assert len(train) + len(held) == 14
     again, _ = holdout_split(ratings, seed=0)
     assert again.equals(train)
+
+
+def test_recall_by_decile_by_hand() -> None:
+    counts = {m: m for m in range(1, 21)}  # movie m has m training ratings: deciles of two
+    relevant = {1: {1, 20, 99}, 2: {19, 2}, 3: {3}}  # 99 has no catalogue row
+    ranked = {1: [20, 5, 1], 2: [2, 19]}  # user 3 got no ranking (no usable history)
+    d = recall_by_decile(ranked, relevant, counts, k=2)  # user 1's movie 1 is third: a miss
+    assert d.fewest == [1, 3, 5, 7, 9, 11, 13, 15, 17, 19]
+    assert d.most == [2, 4, 6, 8, 10, 12, 14, 16, 18, 20]
+    assert d.relevant == [2, 1, 0, 0, 0, 0, 0, 0, 0, 2]
+    assert d.hits == [1, 0, 0, 0, 0, 0, 0, 0, 0, 2]
+    assert d.unindexed == 1
+    assert d.recall[0] == 0.5 and d.recall[1] == 0.0 and d.recall[9] == 1.0
+    assert all(math.isnan(r) for r in d.recall[2:9])
+
+
+def test_deciles_split_ties_by_movie_id_and_survive_tiny_catalogues() -> None:
+    tied = recall_by_decile({}, {1: {11}, 2: {30}}, {m: 5 for m in range(30, 10, -1)})
+    assert tied.fewest == tied.most == [5] * 10
+    assert tied.relevant == [1, 0, 0, 0, 0, 0, 0, 0, 0, 1]  # lowest ids first
+    tiny = recall_by_decile({1: [7]}, {1: {7, 8}}, {7: 3, 8: 1})
+    assert tiny.relevant == [1, 0, 0, 0, 0, 1, 0, 0, 0, 0]  # 8 (1 rating) first, then 7
+    assert tiny.hits == [0, 0, 0, 0, 0, 1, 0, 0, 0, 0]
