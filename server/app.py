@@ -40,9 +40,10 @@ from server.service import AdminServicer, RecommenderServicer
 log = logging.getLogger(__name__)
 SERVICE_NAMES = tuple(s.full_name for s in recommender_pb2.DESCRIPTOR.services_by_name.values())
 MAX_MESSAGE_BYTES = 1 << 20  # a 10,000-id history is ~100 kB; nothing legitimate nears 1 MiB
-# grpc sheds past max_inflight + this many calls before they are even decoded; the reserve
-# keeps room for health checks, which the guard never sheds.
-HEALTH_RESERVE = 16
+# grpc itself sheds past max_inflight + this many calls, before they are decoded or reach
+# Python handlers (the cheapest refusal there is); the few between keep room for health
+# checks, which the guard never sheds (probes have the health-only listener besides).
+HEALTH_RESERVE = 4
 HANDSHAKE_TIMEOUT_MS = 5_000  # a connection that says nothing is closed after this
 
 Reload = Callable[[], Awaitable[tuple[str, str, float]]]

@@ -13,7 +13,8 @@ wrapped once at registration rather than intercepted per call. For each call, in
 5. errors: a ``StatusError`` raised by the service becomes its status code; anything else is
    INTERNAL, logged here with its traceback and never sent;
 6. accounting: Prometheus metrics and one access log line, with the code the caller really
-   got (a call cut by its deadline or by shutdown is not OK).
+   got (a call cut by its deadline or by shutdown is not OK); calls shed at admission are
+   summarised in one line every 10 s instead (a line each would add to the overload).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from server.observability import Metrics, access_log
 from server.security import Tokens
 
 log = logging.getLogger(__name__)
+SHED_LOG_SECONDS = 10.0  # one summary line at most this often while shedding
 HEALTH_SERVICE = health.SERVICE_NAME
 ADMIN_SERVICE = "movierec.v1.AdminService"
 
@@ -55,6 +57,7 @@ class CallGuard:
         self.admin_tokens = admin_tokens
         self.max_inflight = max_inflight
         self.inflight = 0
+        self._shed, self._shed_logged = 0, -SHED_LOG_SECONDS  # shed calls not yet reported
 
     def register(
         self, server: grpc.aio.Server, add: Callable[[Any, Any], None], servicer: Any
@@ -88,7 +91,7 @@ class CallGuard:
 
         async def guarded(request: Any, context: Context) -> Any:
             start = time.perf_counter()
-            code = grpc.StatusCode.OK
+            code: grpc.StatusCode | None = grpc.StatusCode.OK
             admitted = False
             try:
                 if not is_health:
@@ -105,7 +108,14 @@ class CallGuard:
                     self.inflight += 1
                     admitted = True
                     self.metrics.inflight.inc()
-                return await behavior(request, context)
+                response = await behavior(request, context)
+                code = None  # accounted once grpc has sent it, or failed to
+
+                def done(ctx: Any) -> None:
+                    self._account(path, _sent(ctx), start, request, ctx, is_health)
+
+                context.add_done_callback(done)  # type: ignore[arg-type]  # stubs want a class
+                return response
             except _Abort as e:
                 code = e.code
                 await context.abort(e.code, e.message)
@@ -126,9 +136,8 @@ class CallGuard:
                 if admitted:
                     self.inflight -= 1
                     self.metrics.inflight.dec()
-                if code == grpc.StatusCode.OK and _expired(context):
-                    code = grpc.StatusCode.DEADLINE_EXCEEDED  # the caller stopped waiting
-                self._account(path, code, start, request, context, is_health)
+                if code is not None:
+                    self._account(path, code, start, request, context, is_health)
 
         return guarded
 
@@ -174,6 +183,13 @@ class CallGuard:
         seconds = time.perf_counter() - start
         self.metrics.observe(path, code.name, seconds)
         if is_health or not access_log.isEnabledFor(logging.INFO):
+            return
+        if code == BUSY:  # under overload a line per shed call would add to the overload
+            self._shed += 1
+            if start - self._shed_logged >= SHED_LOG_SECONDS:
+                access_log.warning("shedding load: %d calls refused (RESOURCE_EXHAUSTED) since "
+                                   "the last report", self._shed)  # fmt: skip
+                self._shed, self._shed_logged = 0, start
             return
         k, peer = getattr(request, "k", None), context.peer()
         access_log.info(
@@ -222,6 +238,11 @@ async def _decoded(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
 def _expired(context: Context) -> bool:
     remaining = context.time_remaining()
     return remaining is not None and remaining <= 0
+
+
+def _sent(context: Context) -> grpc.StatusCode:
+    """OK for a response grpc delivered; else why the caller did not get it."""
+    return _cut_short(context) if context.cancelled() else grpc.StatusCode.OK
 
 
 def _cut_short(context: Context) -> grpc.StatusCode:

@@ -63,9 +63,11 @@ def run(
     """Load, serve until signalled, return the exit status. ``on_ready`` is called once
     every process is serving."""
     options = _claim_port(options)
+    log.info("loading %s", artifacts)
     start = time.perf_counter()
     recommender = load_recommender(artifacts)
     seconds = time.perf_counter() - start
+    log.info("loaded model %s in %.2fs", recommender.model_version, seconds)
     if options.processes == 1:
         asyncio.run(_serve(recommender, artifacts, options, seconds, open_store, on_ready))
         return 0

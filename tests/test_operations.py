@@ -9,6 +9,7 @@ import ipaddress
 import logging
 import shutil
 import threading
+import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -419,3 +420,217 @@ def test_without_workers_the_core_runs_on_the_event_loop(
                 with pytest.raises(InvalidArgument):  # errors map to their codes as before
                     c.recommend(movies=movies, k=-1)
     assert answers[0] == answers[1] and len(answers[0].recommendations) == 10
+
+
+# --- hardening: what a hostile client or a careless operator tries ----------------------------
+
+
+def raw_call(port: int, method: str, body: bytes, metadata=(), timeout: float = 5):  # type: ignore[no-untyped-def]
+    """Send ``body`` as the request bytes of ``method``, bypassing any serializer."""
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        call = channel.unary_unary(method, request_serializer=None, response_deserializer=None)
+        return call(body, metadata=metadata, timeout=timeout)
+
+
+def test_undecodable_bodies_are_invalid_argument_counted_and_logged_once(
+    loop_thread: LoopThread, recommender: Recommender, tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    caplog.set_level(logging.INFO)
+    (tmp_path / "tokens").write_text("tok\n")
+    method = "/movierec.v1.RecommenderService/Recommend"
+    options = ServerOptions(port=0, tokens_file=tmp_path / "tokens")
+    with server(loop_thread, recommender, options) as running:
+        metrics = running.metrics
+        garbage = b"\xff\xff\xff\xff\x0f"
+        assert code_of(lambda: raw_call(running.port, method, garbage)) == "UNAUTHENTICATED"
+        token = (("authorization", "Bearer tok"),)
+        for _ in range(20):
+            with pytest.raises(grpc.RpcError) as e:
+                raw_call(running.port, method, garbage, token)
+            assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "not a /movierec.v1.RecommenderService/Recommend request" in e.value.details()
+    counted = metrics.registry.get_sample_value(  # read once the server has stopped
+        "movierec_requests_total", {"method": method, "code": "INVALID_ARGUMENT"}
+    )
+    assert counted == 20
+    access = [r for r in caplog.records if r.name == "movierec.access"]
+    assert len(access) == 21
+    assert not any(r.exc_info or "Traceback" in r.getMessage() for r in caplog.records)
+
+
+def test_reflection_needs_a_token_and_metrics_listen_on_loopback(
+    loop_thread: LoopThread, recommender: Recommender, tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    (tmp_path / "tokens").write_text("tok\n")
+    options = ServerOptions(port=0, host="0.0.0.0", tokens_file=tmp_path / "tokens",
+                            metrics_port=0)  # fmt: skip
+    with server(loop_thread, recommender, options) as running:
+
+        def services(metadata) -> set[str]:  # type: ignore[no-untyped-def]
+            with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+                stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+                request = reflection_pb2.ServerReflectionRequest(list_services="")
+                answers = stub.ServerReflectionInfo(iter([request]), metadata=metadata, timeout=5)
+                return {s.name for r in answers for s in r.list_services_response.service}
+
+        assert code_of(lambda: services(())) == "UNAUTHENTICATED"
+        assert "movierec.v1.RecommenderService" in services((("authorization", "Bearer tok"),))
+        listening = _listening_addresses(running.metrics_port)
+    assert listening == {"127.0.0.1"}, listening  # not 0.0.0.0 like the gRPC port
+    assert any("bearer tokens are accepted over plaintext on 0.0.0.0" in r.getMessage()
+               for r in caplog.records)  # fmt: skip
+
+
+def _listening_addresses(port: int | None) -> set[str]:
+    """IPv4 addresses with a socket listening on ``port`` (from /proc/net/tcp)."""
+    found = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        local, state = line.split()[1], line.split()[3]
+        address, hex_port = local.split(":")
+        if state == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
+            found.add(str(ipaddress.IPv4Address(bytes.fromhex(address)[::-1])))
+    return found
+
+
+def test_health_only_listener_answers_probes_under_mutual_tls(
+    loop_thread: LoopThread, recommender: Recommender, pki: dict[str, Path]
+) -> None:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    options = ServerOptions(port=0, health_port=0, tls_cert=pki["server"],
+                            tls_key=pki["server_key"], tls_client_ca=pki["ca"])  # fmt: skip
+    with server(loop_thread, recommender, options) as running:
+        assert running.health_port not in (None, running.port)
+        probe = f"127.0.0.1:{running.health_port}"
+        with Client(probe, timeout=3) as c:  # plaintext, no certificate: what a kubelet has
+            assert c.health() == "SERVING"
+            assert code_of(lambda: c.movie(1)) == "UNIMPLEMENTED"  # health only
+        with Client(f"127.0.0.1:{running.port}", timeout=2) as c:
+            assert code_of(lambda: c.health()) == "UNAVAILABLE"  # the main port wants mTLS
+        loop_thread.run(running.health.enter_graceful_shutdown())
+        with grpc.insecure_channel(probe) as channel:
+            status = (
+                health_pb2_grpc.HealthStub(channel)
+                .Check(health_pb2.HealthCheckRequest(), timeout=3)
+                .status
+            )
+        assert status == health_pb2.HealthCheckResponse.NOT_SERVING  # one health state
+
+
+def test_the_server_counts_ok_only_what_the_caller_received(
+    loop_thread: LoopThread, recommender: Recommender
+) -> None:
+    """Calls cut by their deadline mid-work, or at the shutdown grace, are not logged OK."""
+    method = "/movierec.v1.RecommenderService/Recommend"
+    options = ServerOptions(port=0, workers=1, max_inflight=1000)
+    with server(loop_thread, recommender, options) as running:
+        codes = asyncio.run(_burst(running.port, [heavy_request(recommender)] * 100, timeout=0.05))
+        server_codes = {
+            code: running.metrics.registry.get_sample_value(
+                "movierec_requests_total", {"method": method, "code": code}
+            ) or 0
+            for code in ("OK", "DEADLINE_EXCEEDED", "CANCELLED")
+        }  # fmt: skip
+    assert "DEADLINE_EXCEEDED" in codes, codes
+    # A response that leaves the server just before the caller's own timer fires is one the
+    # server cannot know was dropped: allow that edge, not the old "every call was OK".
+    assert abs(server_codes["OK"] - codes.count("OK")) <= 2, (server_codes, codes)
+    assert server_codes["DEADLINE_EXCEEDED"] > 0
+    options = ServerOptions(port=0, workers=1, max_inflight=1000)
+    running = loop_thread.run(build_server(recommender, options))
+    burst = loop_thread.run(_start_burst(running.port, [heavy_request(recommender)] * 200))
+    time.sleep(0.1)
+    loop_thread.run(running.stop(0.05))  # a short grace cuts the calls still queued
+    client_codes = loop_thread.run(_finished(burst))
+    server_ok = running.metrics.registry.get_sample_value(
+        "movierec_requests_total", {"method": method, "code": "OK"}
+    ) or 0  # fmt: skip
+    assert abs(server_ok - client_codes.count("OK")) <= 2, client_codes
+    assert client_codes.count("OK") < 200
+
+
+async def _finished(task: asyncio.Task[list[str]]) -> list[str]:
+    return await task
+
+
+async def _start_burst(port: int, requests: list[pb.RecommendRequest]) -> asyncio.Task[list[str]]:
+    return asyncio.ensure_future(_burst(port, requests, timeout=30))
+
+
+def test_admin_is_off_without_admin_tokens_and_reloads_are_single_flight(
+    loop_thread: LoopThread, recommender: Recommender, artifacts_dir: Path, tmp_path: Path
+) -> None:
+    with (
+        server(loop_thread, recommender, artifacts=artifacts_dir) as running,
+        Client(f"127.0.0.1:{running.port}") as c,
+    ):
+        assert code_of(lambda: c.reload_model()) == "UNIMPLEMENTED"
+    (tmp_path / "admin").write_text("ops\n")
+    options = ServerOptions(port=0, admin_tokens_file=tmp_path / "admin")
+    with server(loop_thread, recommender, options, artifacts=artifacts_dir) as running:
+
+        async def flood() -> tuple[list[str], list[str]]:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+                admin = pb_grpc.AdminServiceStub(channel)
+                stub = pb_grpc.RecommenderServiceStub(channel)
+                token = (("authorization", "Bearer ops"),)
+                reloads = [admin.ReloadModel(pb.ReloadModelRequest(), metadata=token, timeout=60)
+                           for _ in range(50)]  # fmt: skip
+                calls = [stub.Recommend(pb.RecommendRequest(movie_ids=[1, 2], k=5), timeout=30)
+                         for _ in range(50)]  # fmt: skip
+                answers = await asyncio.gather(*reloads, *calls, return_exceptions=True)
+                versions = [a.model_version for a in answers[:50]]  # type: ignore[union-attr]
+                codes = ["OK" if not isinstance(a, Exception) else str(a) for a in answers[50:]]
+                return versions, codes
+
+        versions, codes = asyncio.run(flood())
+        loads = running.metrics.registry.get_sample_value(
+            "movierec_model_reloads_total", {"result": "ok"}
+        )
+    assert set(codes) == {"OK"}  # serving carries on through the flood
+    assert len(set(versions)) == 1
+    assert loads is not None and loads <= 10, loads  # joined, not queued 50 deep
+
+
+def test_admission_sheds_at_the_door(loop_thread: LoopThread, recommender: Recommender) -> None:
+    """300 callers against max_inflight 8: the excess is refused at once, not after queueing
+    behind the admitted calls; health still answers."""
+    options = ServerOptions(port=0, workers=1, max_inflight=8)
+
+    async def flood(port: int) -> list[tuple[str, float]]:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = pb_grpc.RecommenderServiceStub(channel)
+            user = int(recommender.artifacts.histories.user_ids[0])
+            request = pb.RecommendRequest(user_id=user, k=500)  # small to send, slow to answer
+
+            async def one() -> tuple[str, float]:
+                start = time.perf_counter()
+                try:
+                    await stub.Recommend(request, timeout=60)
+                    return "OK", time.perf_counter() - start
+                except grpc.aio.AioRpcError as e:
+                    return e.code().name, time.perf_counter() - start
+
+            return list(await asyncio.gather(*(one() for _ in range(300))))
+
+    with server(loop_thread, recommender, options) as running:
+        outcomes = asyncio.run(flood(running.port))
+        with Client(f"127.0.0.1:{running.port}") as c:
+            assert c.health() == "SERVING"
+    refused = sorted(t for code, t in outcomes if code == "RESOURCE_EXHAUSTED")
+    admitted = sorted(t for code, t in outcomes if code == "OK")
+    assert {code for code, _ in outcomes} <= {"OK", "RESOURCE_EXHAUSTED"}
+    assert len(refused) > 100 and len(admitted) >= 8
+    print(
+        f"refused {len(refused)} p50 {refused[len(refused) // 2] * 1e3:.1f} ms, "
+        f"admitted {len(admitted)} p50 {admitted[len(admitted) // 2] * 1e3:.1f} ms"
+    )
+    # refusals are answered before the admitted calls finish, not after waiting behind them
+    assert refused[len(refused) // 2] < admitted[len(admitted) // 2], (
+        refused[::50],
+        admitted[::10],
+    )
