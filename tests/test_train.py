@@ -14,12 +14,13 @@ from torch import nn
 from movierec.artifacts import read_artifacts
 from server.queries import History, query_for
 from server.recommender import Recommender, Request
+from trainer.batches import SoftmaxSampler
 from trainer.config import TrainConfig
 from trainer.corpus import build_corpus
 from trainer.model import ItemEmbeddings
 from trainer.movielens import load
 from trainer.pipeline import run_training
-from trainer.train import SoftmaxSampler, train
+from trainer.train import train
 
 
 def genre_agreement(rec: Recommender, sample, users: int = 150) -> float:

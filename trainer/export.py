@@ -18,7 +18,7 @@ from movierec.artifacts import (
 )
 from trainer.config import TrainConfig
 from trainer.corpus import Corpus
-from trainer.train import Embeddings
+from trainer.embeddings import Embeddings
 
 
 def normalize_rows(x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:

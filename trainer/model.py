@@ -19,6 +19,8 @@ Over co-watch pairs (movie1 -> movie2):
   with each movie1's scores computed once per epoch instead of once per pair.
 * ``sgns``: skip-gram with negative sampling (item2vec): a logistic loss on the true pair and
   on ``negatives`` movies drawn from the unigram distribution raised to ``ns_exponent``.
+
+``model(batch)`` is the loss of one of ``trainer/batches.py``'s batches.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from trainer.batches import Batch, CbowBatch, PairBatch
 
 
 class ItemEmbeddings(nn.Module):
@@ -46,10 +50,12 @@ class ItemEmbeddings(nn.Module):
         nn.init.normal_(self.inp.weight, std=0.01)
         nn.init.normal_(self.out.weight, std=0.01)
         nn.init.zeros_(self.bias.weight)
-        self.features: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.side_info = features is not None
         if features is not None:
             offsets, indices, vocabulary = features
-            self.features = (offsets[:-1], indices)
+            # Buffers, not saved in checkpoints: rebuilt from the data.
+            self.register_buffer("feature_offsets", offsets[:-1], persistent=False)
+            self.register_buffer("feature_indices", indices, persistent=False)
             self.feature_inp = nn.EmbeddingBag(vocabulary, dim, mode="mean")
             self.feature_out = nn.EmbeddingBag(vocabulary, dim, mode="mean")
             self.feature_bias = nn.EmbeddingBag(vocabulary, 1, mode="mean")
@@ -57,11 +63,21 @@ class ItemEmbeddings(nn.Module):
                 nn.init.normal_(bag.weight, std=0.01)
             nn.init.zeros_(self.feature_bias.weight)
 
+    def forward(self, batch: Batch) -> torch.Tensor:
+        """The loss of one step's batch."""
+        if isinstance(batch, CbowBatch):
+            return self.cbow_loss(batch.context, batch.context_user, batch.targets,
+                                  batch.target_user, batch.weight, batch.num_users,
+                                  batch.sample)  # fmt: skip
+        if isinstance(batch, PairBatch):
+            return self.sgns_loss(batch.centers, batch.contexts, batch.negatives)
+        return self.softmax_loss(batch.centers, batch.partner_counts)
+
     def item_tables(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(input vectors, output vectors, biases) of every movie, side information added."""
         inp, out, bias = self.inp.weight, self.out.weight, self.bias.weight[:, 0]
-        if self.features is not None:
-            offsets, indices = self.features
+        if self.side_info:
+            offsets, indices = self.feature_offsets, self.feature_indices
             inp = inp + self.feature_inp(indices, offsets)
             out = out + self.feature_out(indices, offsets)
             bias = bias + self.feature_bias(indices, offsets)[:, 0]
