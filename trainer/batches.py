@@ -1,19 +1,26 @@
 """What each optimiser step trains on, per objective: the loop in ``trainer/train.py`` asks an
 objective for an epoch of batches and the model (``trainer/model.py``) turns a batch into a
-loss. Sampling is numpy and torch's CPU generator, seeded: same seed, same batches.
+loss. Sampling is numpy and torch's CPU generator, seeded, so every device and every process
+draws the same batches.
 
 * ``cbow``: steps of users (a shuffled epoch cut into ``users_per_step``), each a
   ``CbowBatch`` of contexts and weighted targets, with a shared sample of movies when the
   catalogue is too large to score every movie.
 * ``sgns``: minibatches of ``batch_size`` co-watch pairs, each with ``negatives`` noise movies.
 * ``softmax``: minibatches of distinct movie1, each with the counts of its partners.
+
+With several processes (DDP) every rank draws the whole step, the same on each, and trains on
+its own share of it (``shard``): a contiguous block of the step's users, pairs or movies. The
+share's loss is divided by the whole step's total (weight, pairs), so the ranks' losses add
+up to the one-process loss and their summed gradients are its gradient.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, Self
 
 import numpy as np
 import numpy.typing as npt
@@ -24,6 +31,15 @@ from trainer.corpus import Corpus
 from trainer.pairs import iter_pair_chunks, keep_probabilities, sample_contexts
 
 Tensor = torch.Tensor
+
+
+def _to(t: Tensor | None, device: torch.device) -> Tensor | None:
+    return None if t is None else t.to(device)
+
+
+def _block(size: int, rank: int, world: int) -> slice:
+    """Rank ``rank``'s contiguous share of ``size`` things split as evenly as can be."""
+    return slice(rank * size // world, (rank + 1) * size // world)
 
 
 @dataclass(frozen=True)
@@ -37,7 +53,39 @@ class CbowBatch:
     weight: Tensor  # each target's weight, from its stars
     num_users: int
     sample: tuple[Tensor, Tensor] | None  # sampled softmax: (movies, every movie's log P(drawn))
-    units: int  # users in the step (the progress bar's and the epoch loss's count)
+    units: int  # users in the whole step (the progress bar's and the epoch loss's count)
+    total_weight: Tensor | None = None  # a share's: the whole step's weight, the loss divisor
+
+    def shard(self, rank: int, world: int) -> Self:
+        users = _block(self.num_users, rank, world)
+        bounds = torch.tensor([users.start, users.stop])
+        c0, c1 = torch.searchsorted(self.context_user, bounds).tolist()
+        t0, t1 = torch.searchsorted(self.target_user, bounds).tolist()
+        return dataclasses.replace(
+            self,
+            context=self.context[c0:c1],
+            context_user=self.context_user[c0:c1] - users.start,
+            targets=self.targets[t0:t1],
+            target_user=self.target_user[t0:t1] - users.start,
+            weight=self.weight[t0:t1],
+            num_users=users.stop - users.start,
+            total_weight=self.weight.sum(),
+        )
+
+    def to(self, device: torch.device) -> Self:
+        sample = None
+        if self.sample is not None:
+            sample = (self.sample[0].to(device), self.sample[1].to(device))
+        return dataclasses.replace(
+            self,
+            context=self.context.to(device),
+            context_user=self.context_user.to(device),
+            targets=self.targets.to(device),
+            target_user=self.target_user.to(device),
+            weight=self.weight.to(device),
+            sample=sample,
+            total_weight=_to(self.total_weight, device),
+        )
 
 
 @dataclass(frozen=True)
@@ -47,7 +95,26 @@ class PairBatch:
     centers: Tensor  # movie1
     contexts: Tensor  # movie2
     negatives: Tensor  # (pairs, negatives)
-    units: int  # pairs in the step
+    units: int  # pairs in the whole step
+    total_pairs: int | None = None  # a share's: the whole step's pairs, the loss divisor
+
+    def shard(self, rank: int, world: int) -> Self:
+        rows = _block(len(self.centers), rank, world)
+        return dataclasses.replace(
+            self,
+            centers=self.centers[rows],
+            contexts=self.contexts[rows],
+            negatives=self.negatives[rows],
+            total_pairs=len(self.centers),
+        )
+
+    def to(self, device: torch.device) -> Self:
+        return dataclasses.replace(
+            self,
+            centers=self.centers.to(device),
+            contexts=self.contexts.to(device),
+            negatives=self.negatives.to(device),
+        )
 
 
 @dataclass(frozen=True)
@@ -56,7 +123,25 @@ class PartnerCountBatch:
 
     centers: Tensor  # (movies in the batch,)
     partner_counts: Tensor  # (movies in the batch, catalogue), float
-    units: int  # pairs in the step
+    units: int  # pairs in the whole step
+    total_pairs: Tensor | None = None  # a share's: the whole step's pairs (>= 1), the divisor
+
+    def shard(self, rank: int, world: int) -> Self:
+        rows = _block(len(self.centers), rank, world)
+        return dataclasses.replace(
+            self,
+            centers=self.centers[rows],
+            partner_counts=self.partner_counts[rows],
+            total_pairs=self.partner_counts.sum().clamp(min=1.0),
+        )
+
+    def to(self, device: torch.device) -> Self:
+        return dataclasses.replace(
+            self,
+            centers=self.centers.to(device),
+            partner_counts=self.partner_counts.to(device),
+            total_pairs=_to(self.total_pairs, device),
+        )
 
 
 Batch = CbowBatch | PairBatch | PartnerCountBatch
@@ -67,20 +152,37 @@ class Objective(Protocol):
     units: int  # how many per epoch
 
     def epoch(self, rng: np.random.Generator) -> Iterator[Batch]:
-        """One epoch's batches."""
+        """One epoch's batches, this rank's share of each, on the device."""
         ...
 
 
-def objective(corpus: Corpus, config: TrainConfig) -> Objective:
+def objective(
+    corpus: Corpus, config: TrainConfig, device: torch.device, rank: int = 0, world: int = 1
+) -> Objective:
     if config.objective == "cbow":
-        return Cbow(corpus, config)
-    return Pairs(corpus, config)
+        return Cbow(corpus, config, device, rank, world)
+    return Pairs(corpus, config, device, rank, world)
 
 
-class Cbow:
+class _Sharded:
+    """This rank's share of a batch, moved to the device."""
+
+    def __init__(self, device: torch.device, rank: int, world: int) -> None:
+        self.device, self.rank, self.world = device, rank, world
+
+    def _ready(self, batch: Batch) -> Batch:
+        if self.world > 1:
+            batch = batch.shard(self.rank, self.world)
+        return batch.to(self.device)
+
+
+class Cbow(_Sharded):
     unit = "user"
 
-    def __init__(self, corpus: Corpus, config: TrainConfig) -> None:
+    def __init__(
+        self, corpus: Corpus, config: TrainConfig, device: torch.device, rank: int, world: int
+    ) -> None:
+        super().__init__(device, rank, world)
         self.baskets, self.config = corpus.baskets, config
         counts = self.baskets.item_counts(len(corpus.movies))
         self.users = np.flatnonzero(self.baskets.lengths > 0)
@@ -104,18 +206,21 @@ class Cbow:
             sampler = self.sampler
             sample = None if sampler is None else (sampler.draw(), sampler.log_inclusion)
             t = torch.from_numpy
-            yield CbowBatch(t(context), t(context_user), t(targets), t(target_user),
-                            t(weight.astype(np.float32)), len(users), sample,
-                            units=len(users))  # fmt: skip
+            yield self._ready(CbowBatch(t(context), t(context_user), t(targets), t(target_user),
+                                        t(weight.astype(np.float32)), len(users), sample,
+                                        units=len(users)))  # fmt: skip
 
 
-class Pairs:
+class Pairs(_Sharded):
     """sgns and softmax: each epoch re-draws ``partners`` partners per liked movie, in
     chunks (``iter_pair_chunks``), and cuts each chunk into minibatches."""
 
     unit = "pair"
 
-    def __init__(self, corpus: Corpus, config: TrainConfig) -> None:
+    def __init__(
+        self, corpus: Corpus, config: TrainConfig, device: torch.device, rank: int, world: int
+    ) -> None:
+        super().__init__(device, rank, world)
         self.baskets, self.config = corpus.baskets, config
         self.num_items = len(corpus.movies)
         counts = self.baskets.item_counts(self.num_items)
@@ -128,9 +233,9 @@ class Pairs:
         for movie1, movie2 in iter_pair_chunks(self.baskets, c.partners, rng, self.keep,
                                                c.window):  # fmt: skip
             if c.objective == "sgns":
-                yield from self._sgns(movie1, movie2)
+                yield from map(self._ready, self._sgns(movie1, movie2))
             else:
-                yield from self._softmax(movie1, movie2, rng)
+                yield from map(self._ready, self._softmax(movie1, movie2, rng))
 
     def _sgns(self, movie1: npt.NDArray[np.int64], movie2: npt.NDArray[np.int64]
               ) -> Iterator[PairBatch]:  # fmt: skip

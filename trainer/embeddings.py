@@ -16,3 +16,5 @@ class Embeddings:
     bias: npt.NDArray[np.float32]  # (movies,): output bias, a movie's popularity prior
     seconds: float
     losses: tuple[float, ...] = ()  # mean training loss of each epoch, first to last
+    world_size: int = 1  # training processes (DDP ranks) that shared each step
+    device: str = "cpu"  # where the steps ran: "cpu" or "cuda"
