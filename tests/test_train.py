@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import faiss
@@ -312,3 +315,14 @@ def test_cuda_learns_the_sample_and_repeats_itself(
         a, b = train(corpus, again, False), train(corpus, again, False)
         assert a.device == "cuda" and np.array_equal(a.inp, b.inp), again
         assert np.array_equal(a.out, b.out) and np.array_equal(a.bias, b.bias), again
+
+
+def test_openmp_threads_sleep_while_they_wait_unless_told_otherwise() -> None:
+    """Spinning threads slow training ~10x beside other work (trainer/__init__.py)."""
+    code = "import os, trainer; print(os.environ['OMP_WAIT_POLICY'])"
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    for given, want in ((None, "PASSIVE"), ("ACTIVE", "ACTIVE")):
+        if given is not None:
+            env["OMP_WAIT_POLICY"] = given
+        run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+        assert run.stdout.strip() == want, run.stderr
