@@ -106,7 +106,8 @@ def launch(nproc: int, argv: Sequence[str]) -> None:
 
     args = get_args_parser().parse_args(
         ["--nnodes", "1", "--nproc-per-node", str(nproc), "--rdzv-backend", "c10d",
-         "--rdzv-endpoint", "127.0.0.1:0", "--module", "movierec", *argv]
+         "--rdzv-endpoint", "127.0.0.1:0", "--local-addr", "127.0.0.1",
+         "--module", "movierec", *argv]
     )  # fmt: skip
     # Unset, torchrun sets 1 with a banner; each rank sets its own share (``threads``) anyway.
     unset = "OMP_NUM_THREADS" not in os.environ
