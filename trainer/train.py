@@ -86,7 +86,7 @@ def _train(
     first_epoch = len(losses)
     log.info(
         "training %s: %d movies, %d users, %d liked ratings, %d %ss/epoch, dim %d; "
-        "on %s, %d process(es) of %d threads",
+        "on %s, %d process(es) x %d thread(s)",
         config.objective, len(corpus.movies), len(corpus.baskets.lengths),
         len(corpus.baskets.items), steps.units, steps.unit, config.dim, device.type, world,
         torch.get_num_threads(),
