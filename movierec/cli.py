@@ -43,6 +43,7 @@ _EXTRAS = {
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # to re-run it under torchrun
     configure_logging(logging.DEBUG if args.verbose else logging.INFO, args.log_format == "json")
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)
     try:
@@ -77,11 +78,22 @@ def _train_config(args: argparse.Namespace) -> Any:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from trainer import distributed
     from trainer.pipeline import run_training
 
     config = _train_config(args)
     if args.resume and args.checkpoint is None:
         raise UsageError("--resume needs --checkpoint")
+    if args.nproc_per_node < 1:
+        raise UsageError(f"--nproc-per-node must be at least 1, got {args.nproc_per_node}")
+    if args.nproc_per_node > 1 and not distributed.launched():
+        if config.objective == "als":
+            raise UsageError("the als objective trains in one process (no --nproc-per-node)")
+        distributed.device(config.device)  # refused here once rather than in every process
+        distributed.launch(args.nproc_per_node, args.argv)  # rank 0 prints what it wrote
+        return 0
+    if distributed.rank() > 0:  # one log of the run: rank 0's
+        logging.getLogger().setLevel(logging.WARNING)
     manifest = run_training(
         args.out,
         config,
@@ -92,11 +104,16 @@ def _train(args: argparse.Namespace) -> int:
         checkpoint=args.checkpoint,
         resume=args.resume,
     )
+    if manifest is None:  # another rank wrote it
+        return 0
     counts = manifest["counts"]
+    world = manifest["training"].get("world_size", 1)
     print(
         f"wrote {args.out}: model {manifest['model_version']}, {counts['movies']} movies, "
         f"{counts['users']} users, dim {manifest['dim']}, "
         f"trained in {manifest['settings']['train_seconds']:.1f}s"
+        f" on {manifest['training'].get('device', 'cpu')}"
+        + (f" in {world} processes" if world > 1 else "")
     )
     return 0
 
@@ -128,6 +145,7 @@ def _demo(args: argparse.Namespace) -> int:
     manifest = run_training(
         workdir / "artifacts", _train_config(args), data=data, show_progress=not args.quiet
     )
+    assert manifest is not None  # one process: it wrote the artifact
     print(f"trained model {manifest['model_version']} on the built-in sample ({data})")
     args.artifacts = workdir / "artifacts"
     return _serve(args)
@@ -499,6 +517,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="artifact directory to write")
     p.add_argument("--checkpoint", type=Path, help="save training state here after every epoch")
     p.add_argument("--resume", action="store_true", help="continue from --checkpoint if it exists")
+    p.add_argument(
+        "--nproc-per-node", type=int, default=1, metavar="N",
+        help="train in N processes on this machine (PyTorch DDP, each on its share of every "
+        "step; a GPU each with --device cuda). Several machines: torchrun, see README",
+    )  # fmt: skip
     _add_train_options(p)
 
     p = command("evaluate", _evaluate, "score a model under EVALUATION.md (recall, NDCG, ...)")

@@ -46,3 +46,14 @@ def test_cli_query_commands_import_neither() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.stdout.strip() == "[]", result.stderr
+
+
+def test_export_and_als_need_no_torch() -> None:
+    """Training's output crosses into the artifact as numpy: the exporter and the ALS
+    objective load without torch."""
+    code = (
+        "import sys; import trainer.export, trainer.als, trainer.embeddings; "
+        "print('torch' in sys.modules)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.stdout.strip() == "False", result.stderr

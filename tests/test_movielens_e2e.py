@@ -4,6 +4,11 @@ anchors they beat (ANCHORS.md: EASE NDCG@10 0.313, popularity Recall@20 0.181)."
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -76,3 +81,28 @@ def test_als_reaches_its_anchor(tmp_path_factory: pytest.TempPathFactory) -> Non
     config = TrainConfig(objective="als", dim=64, epochs=30, regularization=0.01)
     scores = evaluate(trained(tmp_path_factory, config), read_ratings(EVAL_SPLIT / "test.csv"))
     assert scores["model"].ndcg_10 >= 0.24, scores["model"]  # ANCHORS.md: implicit ALS 0.254
+
+
+def test_two_ddp_processes_match_one(results, tmp_path: Path) -> None:
+    """``--nproc-per-node 2``: two gloo processes on loopback, each training its half of
+    every step's users; the objective is the one-process one, so the model scores as well.
+    Rank 0 writes the checkpoint and the artifact; resuming from that checkpoint (nothing
+    left to train) gives the same bytes."""
+    out, checkpoint = tmp_path / "ddp", tmp_path / "ddp.pt"
+    command = [sys.executable, "-m", "movierec", "train", "--nproc-per-node", "2", "--quiet",
+               "--data", str(EVAL_SPLIT / "train"), "--out", str(out),
+               "--checkpoint", str(checkpoint)]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr
+    assert "in 2 processes" in done.stdout, done.stdout
+    ddp = evaluate(load_recommender(out), read_ratings(EVAL_SPLIT / "test.csv"))["model"]
+    assert abs(ddp.ndcg_10 - results["model"].ndcg_10) <= 0.005, (ddp, results["model"])
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["training"]["world_size"] == 2 and manifest["training"]["device"] == "cpu"
+
+    command[command.index(str(out))] = str(tmp_path / "resumed")
+    done = subprocess.run([*command, "--resume"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    again = json.loads((tmp_path / "resumed" / "manifest.json").read_text())
+    assert again["files"] == manifest["files"]
+    assert again["training"]["loss"] == manifest["training"]["loss"]

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import faiss
@@ -14,12 +17,14 @@ from torch import nn
 from movierec.artifacts import read_artifacts
 from server.queries import History, query_for
 from server.recommender import Recommender, Request
+from trainer import distributed
+from trainer.batches import SoftmaxSampler, objective
 from trainer.config import TrainConfig
 from trainer.corpus import build_corpus
 from trainer.model import ItemEmbeddings
 from trainer.movielens import load
 from trainer.pipeline import run_training
-from trainer.train import SoftmaxSampler, train
+from trainer.train import train
 
 
 def genre_agreement(rec: Recommender, sample, users: int = 150) -> float:
@@ -225,3 +230,99 @@ def test_side_information_gives_unrated_movies_sensible_vectors(sample, tmp_path
         ]
         ranks.append(ranked.index(m) / len(ranked))
     assert ranks and np.median(ranks) < 0.25, ranks
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        TrainConfig(objective="cbow", users_per_step=101),
+        TrainConfig(objective="cbow", users_per_step=101, softmax_samples=100),  # sampled
+        TrainConfig(objective="sgns", batch_size=1001),
+        TrainConfig(objective="softmax", batch_size=1001),
+    ],
+    ids=["cbow", "cbow-sampled", "sgns", "softmax"],
+)
+def test_ranks_shares_add_up_to_the_step(config: TrainConfig, sample_dir: Path) -> None:
+    """What DDP relies on: each rank's loss is its share of the step's, so the ranks' losses
+    and gradients add up to the one-process loss and gradient (uneven shares included)."""
+    torch.manual_seed(0)
+    corpus = build_corpus(load(sample_dir), 3.5, 1)
+    features = None
+    if config.objective == "cbow":
+        f = corpus.features
+        features = (torch.from_numpy(f.indptr), torch.from_numpy(f.indices), len(f.names))
+    model = ItemEmbeddings(len(corpus.movies), 16, features)
+    nn.init.normal_(model.bias.weight)
+    steps = objective(corpus, config, torch.device("cpu"))
+    batch = next(iter(steps.epoch(np.random.default_rng(0))))
+
+    def loss_and_gradient(b) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[no-untyped-def]
+        model.zero_grad()
+        loss = model(b)
+        loss.backward()
+        return loss.detach(), torch.cat([p.grad.flatten() for p in model.parameters()])
+
+    loss, gradient = loss_and_gradient(batch)
+    for world in (2, 3):
+        shares = [loss_and_gradient(batch.shard(rank, world)) for rank in range(world)]
+        torch.testing.assert_close(sum(s[0] for s in shares), loss)
+        torch.testing.assert_close(sum(s[1] for s in shares), gradient, atol=1e-7, rtol=1e-4)
+        assert all(batch.shard(rank, world).units == batch.units for rank in range(world))
+    size = batch.num_users if config.objective == "cbow" else len(batch.centers)
+    nothing, zero = loss_and_gradient(batch.shard(0, size + 1))  # more ranks than rows
+    assert nothing == 0 and not zero.any()
+
+
+def test_threads_are_the_cpus_this_process_may_use_shared_by_local_ranks(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(distributed, "available_cpus", lambda: 7)
+    assert distributed.threads(0) == 7 and distributed.threads(3) == 3
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert distributed.threads(0) == 3  # two ranks on this machine share its 7 CPUs
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
+    assert distributed.threads(0) == 1
+
+
+def test_device_auto_is_cuda_only_when_there_is_one() -> None:
+    want = "cuda" if torch.cuda.is_available() else "cpu"
+    assert distributed.device("auto").type == want
+    assert distributed.device("cpu").type == "cpu"
+    with pytest.raises(ValueError, match="device must be auto, cpu or cuda"):
+        TrainConfig(device="tpu")
+    if not torch.cuda.is_available():
+        from movierec.errors import UsageError
+
+        with pytest.raises(UsageError, match="no CUDA GPU"):
+            distributed.device("cuda")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none here)")
+def test_cuda_learns_the_sample_and_repeats_itself(
+    sample, sample_dir: Path, tmp_path: Path
+) -> None:
+    config = TrainConfig(epochs=4, device="cuda")
+    manifest = run_training(tmp_path / "a", config, data=sample_dir, show_progress=False)
+    assert manifest is not None and manifest["training"]["device"] == "cuda"
+    assert genre_agreement(Recommender(read_artifacts(tmp_path / "a")), sample) > 0.6
+    corpus = build_corpus(load(sample_dir), 3.5, 1)
+    for again in (
+        TrainConfig(epochs=2, device="cuda", softmax_samples=100),  # the sampled softmax
+        TrainConfig(objective="sgns", dim=32, epochs=2, device="cuda"),
+        TrainConfig(objective="softmax", dim=32, epochs=1, device="cuda"),
+    ):
+        a, b = train(corpus, again, False), train(corpus, again, False)
+        assert a.device == "cuda" and np.array_equal(a.inp, b.inp), again
+        assert np.array_equal(a.out, b.out) and np.array_equal(a.bias, b.bias), again
+
+
+def test_openmp_threads_sleep_while_they_wait_unless_told_otherwise() -> None:
+    """Spinning threads slow training ~10x beside other work (trainer/__init__.py)."""
+    code = "import os, trainer; print(os.environ['OMP_WAIT_POLICY'])"
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    for given, want in ((None, "PASSIVE"), ("ACTIVE", "ACTIVE")):
+        if given is not None:
+            env["OMP_WAIT_POLICY"] = given
+        run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+        assert run.stdout.strip() == want, run.stderr

@@ -15,7 +15,7 @@ import numpy as np
 
 from trainer.config import TrainConfig
 from trainer.corpus import Corpus
-from trainer.train import Embeddings
+from trainer.embeddings import Embeddings
 
 
 def train_als(corpus: Corpus, config: TrainConfig, show_progress: bool = True) -> Embeddings:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 OBJECTIVES = ("cbow", "sgns", "softmax", "als")
+DEVICES = ("auto", "cpu", "cuda")
 
 
 @dataclass(frozen=True)
@@ -39,7 +40,8 @@ class TrainConfig:
     ef_construction: int = 200  # hnsw: search depth while building (graph quality vs time)
     ef_search: int = 512  # hnsw: search depth (recall vs latency), stored in the index
     seed: int = 0  # seeds sampling and initialisation: same seed, same artifact
-    threads: int = 0  # torch intra-op threads; 0 = all cores
+    threads: int = 0  # torch threads per process; 0: the CPUs it may use (affinity, quota)
+    device: str = "auto"  # "cpu", "cuda" (one GPU per process), "auto": cuda when there is one
 
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:
@@ -56,6 +58,10 @@ class TrainConfig:
             raise ValueError("min_count 0 (unrated movies too) needs cbow with side_info")
         if self.index not in ("flat", "fp16", "hnsw"):
             raise ValueError(f"index must be flat, fp16 or hnsw, got {self.index!r}")
+        if self.device not in DEVICES:
+            raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
+        if self.threads < 0:
+            raise ValueError(f"threads must be 0 (auto) or more, got {self.threads}")
         if not 0 < self.keep <= 1:
             raise ValueError(f"keep must be in (0, 1], got {self.keep}")
 

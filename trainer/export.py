@@ -18,7 +18,7 @@ from movierec.artifacts import (
 )
 from trainer.config import TrainConfig
 from trainer.corpus import Corpus
-from trainer.train import Embeddings
+from trainer.embeddings import Embeddings
 
 
 def normalize_rows(x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
@@ -61,7 +61,8 @@ def export(
     )
     settings = {"source": source, "source_movies": corpus.rated_movies,
                 "train_seconds": round(embeddings.seconds, 2), **asdict(config)}  # fmt: skip
-    training = {"loss": [round(x, 6) for x in embeddings.losses]}
+    training = {"loss": [round(x, 6) for x in embeddings.losses],
+                "world_size": embeddings.world_size, "device": embeddings.device}  # fmt: skip
     return write_artifacts(out, movies=corpus.movies, vectors=vectors, index=index,
                            histories=corpus.histories, settings=settings,
                            aggregation=aggregation, training=training)  # fmt: skip

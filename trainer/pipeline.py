@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from trainer import movielens
+from movierec.errors import UsageError
+from trainer import distributed, movielens
 from trainer.config import TrainConfig
 from trainer.corpus import build_corpus
 from trainer.export import export
@@ -22,9 +23,13 @@ def run_training(
     show_progress: bool = True,
     checkpoint: Path | None = None,
     resume: bool = False,
-) -> dict[str, Any]:
+) -> dict[str, Any] | None:
     """Train on a MovieLens folder (or explicit files) and write artifacts to ``out``;
-    returns the manifest. ``checkpoint``/``resume``: see ``trainer.train.train``."""
+    returns the manifest. ``checkpoint``/``resume``: see ``trainer.train.train``. Started by
+    torchrun, every rank reads the data and trains its share; rank 0 alone writes the
+    artifact and returns its manifest, the others return None."""
+    if config.objective == "als" and distributed.launched():
+        raise UsageError("the als objective trains in one process (no --nproc-per-node)")
     dataset = movielens.load(data, ratings=ratings, movies=movies)
     corpus = build_corpus(dataset, config.like_threshold, config.min_count)
     if config.objective == "als":
@@ -33,5 +38,7 @@ def run_training(
         embeddings = train_als(corpus, config, show_progress)
     else:
         embeddings = train(corpus, config, show_progress, checkpoint, resume)
+        if distributed.rank() != 0:
+            return None
     source = str(data if data is not None else ratings)
     return export(Path(out), corpus, embeddings, config, source=source)
