@@ -5,9 +5,9 @@
     python benchmarks/bench_core.py --index fp16   # the same against a float16 index
 
 For each catalogue size, dimension and history length: the median and p99 of
-``Recommender.recommend_for_movies`` (aggregate the history, search with the watched movies
-excluded, build results) against ``IndexFlatIP.search`` of the same query vector for the same
-k with no exclusion (the floor), and their ratio. Vectors are synthetic (random unit rows);
+``Recommender.recommend`` with an inline history (aggregate the history, search with the
+watched movies excluded, build results) against ``IndexFlatIP.search`` of a query vector for
+the same k with no exclusion (the floor), and their ratio. Vectors are synthetic (random unit rows);
 one FAISS thread, as the server runs.
 """
 
@@ -19,8 +19,15 @@ import time
 import faiss
 import numpy as np
 
-from movierec.artifacts import INDEX_TYPES, Artifacts, Histories, Movie, build_index
-from server.recommender import Recommender
+from movierec.artifacts import (
+    INDEX_TYPES,
+    Artifacts,
+    Histories,
+    MeanAggregation,
+    Movie,
+    build_index,
+)
+from server.recommender import Recommender, Request
 
 K = 10
 
@@ -34,8 +41,10 @@ def synthetic_artifacts(n: int, d: int, kind: str = "flat", seed: int = 0) -> Ar
     movies = [Movie(i + 1, f"Movie {i + 1} (2000)", ("Drama",), 2000) for i in range(n)]
     empty = Histories(np.zeros(0, np.int64), np.zeros(1, np.int64), np.zeros(0, np.int32),
                       np.zeros(0, np.float32))  # fmt: skip
-    manifest = {"model_version": "bench", "aggregation": {"method": "mean"}}
-    return Artifacts(manifest, movies, np.arange(1, n + 1, dtype=np.int64), vectors, index, empty)
+    manifest = {"model_version": "bench", "ids": {"users": "int", "movies": "int"}}
+    aggregation = MeanAggregation(like_threshold=3.5, append_one=False)
+    ids = np.arange(1, n + 1, dtype=np.int64)
+    return Artifacts(manifest, aggregation, movies, [], ids, vectors, index, empty)
 
 
 def timed(fn: object, repeats: int) -> np.ndarray:
@@ -62,13 +71,14 @@ def main() -> None:
             rng = np.random.default_rng(1)
             repeats = 300 if n < 100_000 else 15
             for h in (20, 200, 2000):
-                ids = (rng.choice(n, h, replace=False) + 1).tolist()
-                query = rec._aggregate(np.asarray(ids) - 1)  # the same query the core builds
+                request = Request(movies=tuple((rng.choice(n, h, replace=False) + 1).tolist()), k=K)
+                query = rng.standard_normal((1, d), dtype=np.float32)
+                index = rec.artifacts.index
                 for _ in range(3):  # warm caches
-                    rec.recommend_for_movies(ids, K)
-                    rec._index.search(query, K)
-                core = timed(lambda r=rec, ids=ids: r.recommend_for_movies(ids, K), repeats)
-                raw = timed(lambda r=rec, q=query: r._index.search(q, K), repeats)
+                    rec.recommend(request)
+                    index.search(query, K)
+                core = timed(lambda r=rec, q=request: r.recommend(q), repeats)
+                raw = timed(lambda i=index, q=query: i.search(q, K), repeats)
                 c50, r50 = np.median(core), np.median(raw)
                 print(f"{n:>9} {d:>4} {h:>7} | {c50:>11.0f} {np.percentile(core, 99):>7.0f} | "
                       f"{r50:>12.0f} {np.percentile(raw, 99):>7.0f} | {c50 / r50:>9.2f}",

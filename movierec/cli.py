@@ -229,7 +229,8 @@ def _events_export(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from server.processes import remember_hup_until_serving, run
+    from server.app import remember_hup_until_serving
+    from server.processes import run
 
     remember_hup_until_serving()  # before the slow part: loading the model
     options = _server_options(args)

@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import FrameType
 
 import faiss
 import grpc
@@ -208,10 +209,10 @@ async def serve(
     running: RunningServer,
     options: ServerOptions,
     on_ready: Callable[[RunningServer], None] | None = None,
-    reload_pending: bool = False,
 ) -> None:
     """Serve until SIGTERM or SIGINT, then shut down in order and return. SIGHUP reloads;
-    ``reload_pending``: a SIGHUP arrived while the model was loading, so reload at once."""
+    A SIGHUP that arrived while the model was loading (``remember_hup_until_serving``) is
+    honoured now."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -224,7 +225,7 @@ async def serve(
         task.add_done_callback(reloads.discard)
 
     loop.add_signal_handler(signal.SIGHUP, reload_on_hup)
-    if reload_pending:
+    if take_pending_hup():  # after the handler: a SIGHUP from now on is the handler's
         reload_on_hup()
     log.info(
         "serving model %s on %s%s%s",
@@ -242,6 +243,27 @@ async def serve(
     await asyncio.sleep(options.drain)
     await running.stop(options.grace)
     log.info("stopped")
+
+
+# SIGHUP's default action kills the process: until serving starts, only remember it.
+_hup_pending = False
+
+
+def remember_hup_until_serving() -> None:
+    """Call first thing: a SIGHUP during start-up then reloads once serving has begun."""
+
+    def remember(sig: int, frame: FrameType | None) -> None:
+        global _hup_pending
+        _hup_pending = True
+
+    signal.signal(signal.SIGHUP, remember)
+
+
+def take_pending_hup() -> bool:
+    """Whether a SIGHUP was remembered, forgetting it."""
+    global _hup_pending
+    pending, _hup_pending = _hup_pending, False
+    return pending
 
 
 async def _logged_reload(running: RunningServer) -> None:

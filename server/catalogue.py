@@ -16,9 +16,10 @@ import numpy.typing as npt
 
 from movierec.artifacts import Artifacts, Key, Movie, as_key
 from movierec.errors import InvalidArgument
+from server import rows as rowset
+from server.rows import Rows
 
 Mask = npt.NDArray[np.bool_]
-Rows = npt.NDArray[np.int64]
 
 
 @dataclass(frozen=True)
@@ -71,8 +72,8 @@ class Catalogue:
 
     def lookup(self, keys: Sequence[Key]) -> tuple[Rows, Mask]:
         """The row of each key (-1 where unknown) and which keys name an indexed movie."""
-        if self.kind == "int" and all(type(k) is int for k in keys):  # the common case, fast
-            wanted: npt.NDArray[Any] = np.fromiter(keys, np.int64, len(keys))
+        wanted: npt.NDArray[Any] = np.asarray(keys)
+        if self.kind == "int" and wanted.dtype.kind == "i":  # all ints: the common case, fast
             valid = np.ones(len(keys), bool)
         else:
             converted = [as_key(k, self.kind) for k in keys]
@@ -91,7 +92,7 @@ class Catalogue:
             return np.zeros(0, np.int64), []
         rows, known = self.lookup(keys)
         unknown = dict.fromkeys(k for k, ok in zip(keys, known.tolist(), strict=True) if not ok)
-        return np.unique(rows[known]), list(unknown)
+        return rowset.unique(rows[known]), list(unknown)
 
     def row_of(self, key: Key) -> int | None:
         rows, _ = self.rows_of([key])

@@ -69,11 +69,11 @@ class CallGuard:
     def wrap(self, service: str, method: str, handler: Handler) -> Handler:
         path = f"/{service}/{method}"
         decode = _tolerant(handler.request_deserializer)
+        encode = _passing_bytes(handler.response_serializer)
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
-                self._unary(path, service, handler.unary_unary), decode,
-                handler.response_serializer,
-            )  # fmt: skip
+                self._unary(path, service, handler.unary_unary), decode, encode
+            )
         stream: Callable[..., Any] | None = handler.unary_stream or handler.stream_stream
         if stream is None:
             raise TypeError(f"{path}: client-streaming methods are not guarded")
@@ -83,7 +83,7 @@ class CallGuard:
             if handler.stream_stream is not None
             else grpc.unary_stream_rpc_method_handler
         )
-        return make(wrapped, decode, handler.response_serializer)
+        return make(wrapped, decode, encode)
 
     def _unary(self, path: str, service: str, behavior: Callable[..., Any]) -> Callable[..., Any]:
         is_health = service == HEALTH_SERVICE
@@ -226,6 +226,18 @@ def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], 
             return Undecodable(len(data))
 
     return decode
+
+
+def _passing_bytes(serializer: Callable[[Any], bytes] | None) -> Callable[[Any], bytes] | None:
+    """The method's serializer, except that a handler may return its response already
+    encoded (``server.wire``)."""
+    if serializer is None:
+        return None
+
+    def encode(response: Any) -> bytes:
+        return response if isinstance(response, bytes) else serializer(response)
+
+    return encode
 
 
 async def _decoded(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:

@@ -29,10 +29,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from movierec.errors import UsageError
+from server import app
 from server.app import RunningServer, build_server, load_recommender, serve
 from server.events import EventStore
 from server.options import ServerOptions
@@ -42,19 +42,6 @@ log = logging.getLogger(__name__)
 ROUND_TIMEOUT = 900.0  # seconds a reload round may take (an HNSW index of 1M movies is slow)
 OpenStore = Callable[[ServerOptions], EventStore]
 Ready = Callable[[int, int | None, int | None], None]  # (port, health port, metrics port)
-
-# SIGHUP's default action kills the process: until serving starts, only remember it.
-_hup_pending = False
-
-
-def remember_hup_until_serving() -> None:
-    """Call first thing: a SIGHUP during start-up then reloads once serving has begun."""
-
-    def remember(sig: int, frame: FrameType | None) -> None:
-        global _hup_pending
-        _hup_pending = True
-
-    signal.signal(signal.SIGHUP, remember)
 
 
 def run(
@@ -71,8 +58,7 @@ def run(
     if options.processes == 1:
         asyncio.run(_serve(recommender, artifacts, options, seconds, open_store, on_ready))
         return 0
-    global _hup_pending
-    hup, _hup_pending = _hup_pending, False  # the parent coordinates that reload
+    hup = app.take_pending_hup()  # the parent coordinates that reload, not each child
     children: dict[int, socket.socket] = {}
     for i in range(options.processes):
         parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -119,7 +105,7 @@ async def _serve(
         member = _Member(control, running)
         running.coordinated_reload = member.reload
         ready = member.ready  # the parent reports once every process is ready
-    await serve(running, options, ready, reload_pending=_hup_pending)
+    await serve(running, options, ready)
 
 
 class _Member:

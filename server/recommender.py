@@ -25,9 +25,11 @@ import numpy.typing as npt
 
 from movierec.artifacts import Artifacts, Key, MeanAggregation, Movie
 from movierec.errors import InvalidArgument, NotFound, StatusError
-from server.catalogue import Catalogue, Filter, Mask, Rows
+from server import rows as rowset
+from server.catalogue import Catalogue, Filter, Mask
 from server.events import Event, EventType
 from server.queries import History, query_for
+from server.rows import Rows
 from server.search import DIVERSITY_CANDIDATES, Searcher
 
 DEFAULT_K = 10  # what k = 0 means
@@ -190,23 +192,21 @@ class Recommender:
         self, request: Request, events: Sequence[Event]
     ) -> tuple[History, Rows, list[Key]]:
         """(what to aggregate, rows never to recommend, inline ids the model does not know)."""
-        none = np.zeros(0, np.int64)
         disliked, ignored = self.catalogue.rows_of(request.dislikes)
         if request.user is None:
             keys = request.movies
             rows, known = self.catalogue.lookup(keys)
-            ignored = _unique_keys([k for k, ok in zip(keys, known, strict=True) if not ok]
-                                   + ignored)  # fmt: skip
-            given = request.weights or (1.0,) * len(keys)
-            weights = np.asarray(given, np.float64)[known]
-            liked, inverse = np.unique(rows[known], return_inverse=True)
-            summed = np.bincount(inverse, weights=weights, minlength=len(liked)).astype(np.float64)
-            if len(np.intersect1d(liked, disliked)):
+            if not known.all():
+                unknown = [k for k, ok in zip(keys, known.tolist(), strict=True) if not ok]
+                ignored = list(dict.fromkeys(unknown + ignored))
+            weights = np.asarray(request.weights, np.float64)[known] if request.weights else None
+            liked, summed = _summed_by_row(rows[known], weights)
+            if rowset.member(liked, disliked).any():
                 raise InvalidArgument("a movie is both in movie_ids and negative_movie_ids")
             history = History(liked, summed, np.full(len(liked), np.nan), disliked)
-            return history, np.union1d(liked, disliked), ignored
+            return history, rowset.union(liked, disliked), ignored
         found = self.artifacts.histories.lookup(request.user)
-        trained, ratings = found if found is not None else (none, np.zeros(0, np.float32))
+        trained, ratings = found if found is not None else (rowset.NONE, np.zeros(0, np.float32))
         rows = trained.astype(np.int64)
         is_liked = ratings >= self._like_threshold
         if not is_liked.any():  # a user who liked nothing: their ratings still say something
@@ -215,10 +215,11 @@ class Recommender:
         seen = rows
         if events:
             liked, stars, disliked, seen = self._overlay(liked, stars, disliked, seen, events)
-        liked_mask = ~np.isin(liked, disliked)
-        liked, stars = liked[liked_mask], stars[liked_mask]
+        if len(disliked):
+            keep = ~rowset.member(liked, disliked)
+            liked, stars = liked[keep], stars[keep]
         history = History(liked, np.ones(len(liked)), stars, disliked)
-        return history, np.union1d(seen, disliked), ignored
+        return history, rowset.union(seen, disliked), ignored
 
     def _overlay(
         self,
@@ -236,8 +237,8 @@ class Recommender:
         for row, ok, event in zip(rows.tolist(), known.tolist(), events, strict=True):
             if ok:
                 latest[row] = event
-        touched = np.fromiter(latest, np.int64, len(latest))
-        keep = ~np.isin(liked, touched)  # the events' verdict replaces training's
+        touched = rowset.unique(np.fromiter(latest, np.int64, len(latest)))
+        keep = ~rowset.member(liked, touched)  # the events' verdict replaces training's
         new_liked, new_stars, new_disliked = [], [], []
         for row, e in latest.items():
             if e.type == EventType.DISLIKE:
@@ -248,8 +249,8 @@ class Recommender:
         return (
             np.concatenate([liked[keep], np.array(new_liked, np.int64)]),
             np.concatenate([stars[keep], np.array(new_stars, np.float64)]),
-            np.union1d(disliked, np.array(new_disliked, np.int64)),
-            np.union1d(seen, touched),
+            rowset.union(disliked, np.array(new_disliked, np.int64)),
+            rowset.union(seen, touched),
         )
 
     # --- answers -----------------------------------------------------------------------
@@ -353,6 +354,17 @@ def _check_k(k: int) -> None:
         raise InvalidArgument(f"k must be between 1 and {MAX_K}, got {k}")
 
 
-def _unique_keys(keys: list[Key]) -> list[Key]:
-    """Each key once, in first-seen order."""
-    return list(dict.fromkeys(keys))
+def _summed_by_row(
+    rows: Rows, weights: npt.NDArray[np.float64] | None
+) -> tuple[Rows, npt.NDArray[np.float64]]:
+    """Distinct rows, ascending, each with the sum of its weights (1 each by default): a
+    movie given twice counts twice, as the aggregation is linear."""
+    if weights is None and len(rows) == len(unique := rowset.unique(rows)):
+        return unique, np.ones(len(unique))  # the common case: no repeats, no weights
+    if not len(rows):
+        return rowset.NONE, np.zeros(0)
+    order = np.argsort(rows, kind="stable")
+    rows = rows[order]
+    w = np.ones(len(rows)) if weights is None else weights[order]
+    starts = np.flatnonzero(np.concatenate(([True], rows[1:] != rows[:-1])))
+    return rows[starts], np.add.reduceat(w, starts)

@@ -20,7 +20,8 @@ import faiss
 import numpy as np
 import numpy.typing as npt
 
-Rows = npt.NDArray[np.int64]
+from server.rows import Rows
+
 Scores = npt.NDArray[np.float32]
 Mask = npt.NDArray[np.bool_]
 

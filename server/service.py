@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 import grpc
 from google.rpc import status_pb2
 
-from movierec.artifacts import Key, Movie
+from movierec.artifacts import Key
 from movierec.errors import (
     DeadlineExceeded,
     FailedPrecondition,
@@ -23,9 +23,11 @@ from movierec.errors import (
 )
 from movierec.v1 import recommender_pb2 as pb
 from movierec.v1 import recommender_pb2_grpc as pb_grpc
+from server import wire
 from server.catalogue import Filter
 from server.events import Event, EventStore, EventType, NoStore
-from server.recommender import DEFAULT_K, Recommendations, Recommender, Request, Scored
+from server.recommender import DEFAULT_K, Recommender, Request
+from server.wire import Encoder
 
 Context = grpc.aio.ServicerContext[Any, Any]
 Result = TypeVar("Result")
@@ -36,7 +38,8 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
     """Handlers parse on the event loop and run the core either on a worker pool (FAISS
     releases the GIL, so searches use every core while the loop admits, sheds and answers
     health checks) or, without a pool, on the loop itself (no hand-off to a thread and back,
-    but each search holds up every other call)."""
+    but each search holds up every other call). Answers are encoded by ``server.wire``: the
+    handlers return the response's bytes."""
 
     def __init__(
         self,
@@ -45,25 +48,34 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
         store: EventStore | None = None,
         max_events_per_user: int = 1000,
     ) -> None:
-        # Swapped as one reference on reload; each call reads it once, so an answer never
-        # mixes two models.
         self.recommender = recommender
         self._pool = pool
         self._store = store or NoStore()
         self._max_events = max_events_per_user
 
-    async def Recommend(
+    @property
+    def recommender(self) -> Recommender:
+        return self._model[0]
+
+    @recommender.setter
+    def recommender(self, recommender: Recommender) -> None:
+        # Swapped as one reference on reload; each call reads it once, so an answer never
+        # mixes two models.
+        self._model = (recommender, Encoder(recommender.model_version))
+
+    # These three return their response encoded (server.wire); the guard sends bytes as is.
+    async def Recommend(  # type: ignore[override]
         self, request: pb.RecommendRequest, context: Context
-    ) -> pb.RecommendResponse:
-        rec = self.recommender
+    ) -> bytes:
+        rec, wire = self._model
         query = _request(request)
         events = await self._events_of(query.user)
-        return await self._work(context, lambda: _response(rec, rec.recommend(query, events)))
+        return await self._work(context, lambda: wire.recommend(rec.recommend(query, events)))
 
-    async def BatchRecommend(
+    async def BatchRecommend(  # type: ignore[override]
         self, request: pb.BatchRecommendRequest, context: Context
-    ) -> pb.BatchRecommendResponse:
-        rec = self.recommender
+    ) -> bytes:
+        rec, wire = self._model
         parsed: list[Request | StatusError] = []
         for entry in request.requests:
             try:
@@ -73,9 +85,9 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
         valid = [p for p in parsed if isinstance(p, Request)]
         events = await asyncio.gather(*(self._events_of(p.user) for p in valid))
 
-        def work() -> pb.BatchRecommendResponse:
+        def work() -> bytes:
             answers = iter(rec.recommend_batch(valid, events))
-            results = []
+            results: list[bytes | pb.BatchResult] = []
             for p in parsed:
                 answer = next(answers) if isinstance(p, Request) else p
                 if isinstance(answer, StatusError):
@@ -83,35 +95,24 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
                     error = status_pb2.Status(code=code, message=answer.message)
                     results.append(pb.BatchResult(error=error))
                 else:
-                    results.append(pb.BatchResult(response=_response(rec, answer)))
-            return pb.BatchRecommendResponse(results=results, model_version=rec.model_version)
+                    results.append(wire.recommend(answer))
+            return wire.batch(results)
 
         return await self._work(context, work)
 
-    async def SimilarMovies(
+    async def SimilarMovies(  # type: ignore[override]
         self, request: pb.SimilarMoviesRequest, context: Context
-    ) -> pb.SimilarMoviesResponse:
-        rec = self.recommender
+    ) -> bytes:
+        rec, wire = self._model
         movie = _one_key(request.movie_id, request.movie_key, "movie")
         rules = _filter(request.filter)
-
-        def work() -> pb.SimilarMoviesResponse:
-            found = rec.similar(movie, request.k or DEFAULT_K, rules)
-            return pb.SimilarMoviesResponse(
-                recommendations=[_recommendation(s) for s in found.items],
-                model_version=rec.model_version,
-                exhausted=found.exhausted,
-            )
-
-        return await self._work(context, work)
+        k = request.k or DEFAULT_K
+        return await self._work(context, lambda: wire.similar(rec.similar(movie, k, rules)))
 
     async def GetMovie(self, request: pb.GetMovieRequest, context: Context) -> pb.GetMovieResponse:
         rec = self.recommender  # a lookup: not worth a trip to the pool
         m, indexed = rec.movie(_one_key(request.movie_id, request.movie_key, "movie"))
-        movie_id, movie_key = _ids(m.movie_id)
-        movie = pb.Movie(movie_id=movie_id, movie_key=movie_key, title=m.title, genres=m.genres,
-                         year=m.year or 0, indexed=indexed)  # fmt: skip
-        return pb.GetMovieResponse(movie=movie, model_version=rec.model_version)
+        return pb.GetMovieResponse(movie=wire.movie(m, indexed), model_version=rec.model_version)
 
     async def RecordEvents(
         self, request: pb.RecordEventsRequest, context: Context
@@ -221,47 +222,3 @@ def _one_key(number: int, key: str, what: str) -> Key:
     if key and number:
         raise InvalidArgument(f"set {what}_id or {what}_key, not both")
     return key or number
-
-
-# --- the core's types -> messages ------------------------------------------------------------
-
-
-def _ids(movie_id: Key) -> tuple[int, str]:
-    """(movie_id, movie_key) as the wire carries them: the key always, the integer when the
-    id is one."""
-    if isinstance(movie_id, int):
-        return movie_id, str(movie_id)
-    try:
-        number = int(movie_id)
-    except ValueError:
-        return 0, movie_id
-    return (number, movie_id) if str(number) == movie_id and abs(number) < 2**63 else (0, movie_id)
-
-
-def _recommendation(item: Scored) -> pb.Recommendation:
-    m: Movie = item.movie
-    movie_id, movie_key = _ids(m.movie_id)
-    out = pb.Recommendation(
-        movie_id=movie_id, movie_key=movie_key, title=m.title, genres=m.genres,
-        similarity=item.score, year=m.year or 0, reason=int(item.reason),  # type: ignore[arg-type]
-    )  # fmt: skip
-    if (why := item.explanation) is not None:
-        top = []
-        for c in why.top:
-            cid, ckey = _ids(c.movie.movie_id)
-            top.append(pb.Contribution(movie_id=cid, movie_key=ckey, title=c.movie.title,
-                                       share=c.share))  # fmt: skip
-        out.explanation.CopyFrom(pb.Explanation(top=top, rest=why.rest, bias=why.bias))
-    return out
-
-
-def _response(rec: Recommender, result: Recommendations) -> pb.RecommendResponse:
-    ignored_ids = [k for k in result.ignored if isinstance(k, int)]
-    ignored_keys = [k for k in result.ignored if isinstance(k, str)]
-    return pb.RecommendResponse(
-        recommendations=[_recommendation(s) for s in result.items],
-        model_version=rec.model_version,
-        ignored_movie_ids=sorted(ignored_ids),
-        ignored_movie_keys=ignored_keys,
-        exhausted=result.exhausted,
-    )
