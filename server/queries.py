@@ -31,9 +31,13 @@ class History:
     disliked rows. Rows are unique and none is both liked and disliked."""
 
     liked: Rows
-    weights: npt.NDArray[np.float64]
+    weights: npt.NDArray[np.float64] | None  # None: every liked row weighs 1
     stars: npt.NDArray[np.float64]
     disliked: Rows
+
+    @property
+    def liked_weights(self) -> npt.NDArray[np.float64]:
+        return np.ones(len(self.liked)) if self.weights is None else self.weights
 
     @property
     def rows(self) -> Rows:
@@ -53,8 +57,11 @@ class MeanQuery:
         self._append_one = aggregation.append_one
 
     def vector(self, history: History) -> Vector:
-        rows, coefficients = self._coefficients(history)
-        total: Vector = coefficients @ np.take(self._vectors, rows, axis=0)
+        if history.weights is None and not len(history.disliked):  # a plain mean: fewer steps
+            total: Vector = np.add.reduce(np.take(self._vectors, history.liked, axis=0), axis=0)
+        else:
+            rows, coefficients = self._coefficients(history)
+            total = coefficients @ np.take(self._vectors, rows, axis=0)
         total /= max(float(np.linalg.norm(total)), 1e-12)
         if self._append_one:
             total = np.append(total, np.float32(1.0))
@@ -69,7 +76,8 @@ class MeanQuery:
 
     @staticmethod
     def _coefficients(history: History) -> tuple[Rows, npt.NDArray[np.float32]]:
-        liked = history.weights / history.weights.sum() if len(history.liked) else history.weights
+        weights = history.liked_weights
+        liked = weights / weights.sum() if len(history.liked) else weights
         disliked = np.full(len(history.disliked), -DISLIKE_WEIGHT / max(len(history.disliked), 1))
         return history.rows, np.concatenate([liked, disliked]).astype(np.float32)
 
@@ -96,7 +104,7 @@ class AlsQuery:
         y = np.take(self._vectors, history.rows, axis=0).astype(np.float64)
         stars = np.where(np.isnan(history.stars), self._inline_stars, history.stars)
         confidence = self._alpha * np.concatenate(
-            [stars * history.weights, np.full(len(history.disliked), self._inline_stars)]
+            [stars * history.liked_weights, np.full(len(history.disliked), self._inline_stars)]
         )
         preference = np.concatenate(
             [np.ones(len(history.liked)), np.full(len(history.disliked), -DISLIKE_WEIGHT)]

@@ -179,7 +179,7 @@ class Recommender:
                 "is not in the catalogue")  # fmt: skip
             raise NotFound(f"movie {movie_id!r} {what}")
         rows = np.array([row], np.int64)
-        history = History(rows, np.ones(1), np.full(1, np.nan), np.zeros(0, np.int64))
+        history = History(rows, None, np.full(1, np.nan), rowset.NONE)
         query = self._query.vector(history)
         allowed = self.catalogue.allowed(filter or Filter())
         found, scores = self._searcher.search(query, k, rows, allowed)
@@ -218,7 +218,7 @@ class Recommender:
         if len(disliked):
             keep = ~rowset.member(liked, disliked)
             liked, stars = liked[keep], stars[keep]
-        history = History(liked, np.ones(len(liked)), stars, disliked)
+        history = History(liked, None, stars, disliked)
         return history, rowset.union(seen, disliked), ignored
 
     def _overlay(
@@ -356,11 +356,11 @@ def _check_k(k: int) -> None:
 
 def _summed_by_row(
     rows: Rows, weights: npt.NDArray[np.float64] | None
-) -> tuple[Rows, npt.NDArray[np.float64]]:
-    """Distinct rows, ascending, each with the sum of its weights (1 each by default): a
-    movie given twice counts twice, as the aggregation is linear."""
+) -> tuple[Rows, npt.NDArray[np.float64] | None]:
+    """Distinct rows, ascending, each with the sum of its weights (1 each by default; None
+    when every row is 1): a movie given twice counts twice, as the aggregation is linear."""
     if weights is None and len(rows) == len(unique := rowset.unique(rows)):
-        return unique, np.ones(len(unique))  # the common case: no repeats, no weights
+        return unique, None  # the common case: no repeats, no weights
     if not len(rows):
         return rowset.NONE, np.zeros(0)
     order = np.argsort(rows, kind="stable")

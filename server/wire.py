@@ -45,9 +45,13 @@ class Encoder:
     def __init__(self, model_version: str) -> None:
         self.model_version = model_version
         self._static: dict[Key, bytes] = {}  # movie id -> its encoded static fields
+        # the usual tail: nothing ignored, not exhausted
+        self._recommend_tail = pb.RecommendResponse(model_version=model_version).SerializeToString()
 
     def recommend(self, result: Recommendations) -> bytes:
         """A RecommendResponse."""
+        if not result.ignored and not result.exhausted:
+            return self._items(result.items) + self._recommend_tail
         ignored_ids = sorted(k for k in result.ignored if isinstance(k, int))
         ignored_keys = [k for k in result.ignored if isinstance(k, str)]
         tail = pb.RecommendResponse(
