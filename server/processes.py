@@ -50,6 +50,7 @@ def run(
     """Load, serve until signalled, return the exit status. ``on_ready`` is called once
     every process is serving."""
     options = _claim_port(options)
+    asyncio.run(_try_store(open_store, options))  # refused in one line, before the slow load
     log.info("loading %s", artifacts)
     start = time.perf_counter()
     recommender = load_recommender(artifacts)
@@ -81,6 +82,12 @@ def run(
         child_end.close()
         children[pid] = parent_end
     return _Supervisor(children, on_ready, hup).run()
+
+
+async def _try_store(open_store: OpenStore, options: ServerOptions) -> None:
+    """Open and close the event store once, so that a bad URL or an unreachable store is
+    refused at start, before the model loads and before any fork."""
+    await open_store(options).close()
 
 
 async def _serve(

@@ -63,11 +63,13 @@ def start_server(
     )
     assert proc.stdout is not None
     deadline = time.monotonic() + 60
+    lines = []
     for line in proc.stdout:
+        lines.append(line)
         if "movierec is serving" in line:
             return proc
         assert time.monotonic() < deadline, "server did not start"
-    raise AssertionError(f"server exited with {proc.wait()}")
+    raise AssertionError(f"server exited with {proc.wait()}:\n{''.join(lines)}")
 
 
 def stop_server(proc: subprocess.Popen[str]) -> str:
