@@ -96,6 +96,16 @@ class Recommendations:
     exhausted: bool = False  # fewer than k movies passed the exclusions and filters
 
 
+@dataclass(frozen=True)
+class _Plan:
+    request: Request
+    history: History
+    excluded: Rows  # sorted: never recommended
+    allowed: Mask | None  # the filter's rows (None: no filter)
+    ignored: list[Key]
+    query: npt.NDArray[np.float32] | None  # (1, d); None: no liked movie to go on
+
+
 class Recommender:
     def __init__(self, artifacts: Artifacts) -> None:
         self.artifacts = artifacts
@@ -126,22 +136,15 @@ class Recommender:
     def recommend(self, request: Request, events: Sequence[Event] = ()) -> Recommendations:
         """Top-k for a known user (their training history and ``events``, most recent last),
         or for an inline history; the most popular movies for a user with neither."""
-        self._check(request)
-        history, seen, ignored = self._history(request, events)
-        self._check_cost(request, len(history) + len(seen))
-        allowed = self.catalogue.allowed(request.filter)
-        excluded = history.disliked if request.include_watched else seen
-        if not len(history.liked):
-            return self._popular(request.k, allowed, excluded, ignored)
-        query = self._query.vector(history)
+        plan = self._plan(request, events)
+        if plan.query is None:
+            return self._popular(plan)
         if request.diversity > 0:
-            rows, scores = self._searcher.diversify(
-                query, request.k, excluded, allowed, request.diversity
-            )
+            found = self._searcher.diversify(plan.query, request.k, plan.excluded, plan.allowed,
+                                             request.diversity)  # fmt: skip
         else:
-            rows, scores = self._searcher.search(query, request.k, excluded, allowed)
-        items = self._results(rows, scores, history, request.explain)
-        return Recommendations(items, ignored, exhausted=len(items) < request.k)
+            found = self._searcher.search(plan.query, request.k, plan.excluded, plan.allowed)
+        return self._answer(plan, *found)
 
     def recommend_batch(
         self, requests: Sequence[Request], events: Sequence[Sequence[Event]]
@@ -160,13 +163,25 @@ class Recommender:
                 f"this batch would cost ~{total:.0f}x a plain Recommend; the limit is "
                 f"{MAX_BATCH_COST:.0f}x: split it or lower k and explain"
             )
-        out: list[Recommendations | StatusError] = []
+        out: list[Recommendations | StatusError | _Plan] = []
         for r, e in zip(requests, events, strict=True):
             try:
-                out.append(self.recommend(r, e))
+                plan = self._plan(r, e)
             except StatusError as error:
                 out.append(error)
-        return out
+                continue
+            # plain personal searches are answered together below, the rest one by one
+            together = plan.query is not None and r.diversity == 0 and plan.allowed is None
+            out.append(plan if together else self.recommend(r, e))
+        plans = [p for p in out if isinstance(p, _Plan)]
+        if plans:
+            found = self._searcher.search_many(
+                np.vstack([p.query for p in plans]),  # type: ignore[misc]
+                [p.request.k for p in plans], [p.excluded for p in plans],
+            )  # fmt: skip
+            answers = iter(self._answer(p, *f) for p, f in zip(plans, found, strict=True))
+            out = [next(answers) if isinstance(o, _Plan) else o for o in out]
+        return out  # type: ignore[return-value]
 
     def similar(
         self, movie_id: Key, k: int = DEFAULT_K, filter: Filter | None = None
@@ -185,6 +200,23 @@ class Recommender:
         found, scores = self._searcher.search(query, k, rows, allowed)
         items = self._results(found, scores, history, 0)
         return Recommendations(items, exhausted=len(items) < k)
+
+    # --- one request, in three steps: plan, search, answer ------------------------------
+
+    def _plan(self, request: Request, events: Sequence[Event]) -> _Plan:
+        """Everything a request needs before the search: its limits checked, its history,
+        what it excludes and allows, and its query (None: nothing to go on, popular)."""
+        self._check(request)
+        history, seen, ignored = self._history(request, events)
+        self._check_cost(request, len(history) + len(seen))
+        allowed = self.catalogue.allowed(request.filter)
+        excluded = history.disliked if request.include_watched else seen
+        query = self._query.vector(history) if len(history.liked) else None
+        return _Plan(request, history, excluded, allowed, ignored, query)
+
+    def _answer(self, plan: _Plan, rows: Rows, scores: npt.NDArray[np.float32]) -> Recommendations:
+        items = self._results(rows, scores, plan.history, plan.request.explain)
+        return Recommendations(items, plan.ignored, exhausted=len(items) < plan.request.k)
 
     # --- the history -------------------------------------------------------------------
 
@@ -255,16 +287,15 @@ class Recommender:
 
     # --- answers -----------------------------------------------------------------------
 
-    def _popular(
-        self, k: int, allowed: Mask | None, excluded: Rows, ignored: list[Key]
-    ) -> Recommendations:
-        mask = np.ones(len(self.catalogue), bool) if allowed is None else allowed.copy()
-        mask[excluded] = False
+    def _popular(self, plan: _Plan) -> Recommendations:
+        mask = np.ones(len(self.catalogue), bool) if plan.allowed is None else plan.allowed.copy()
+        mask[plan.excluded] = False
+        k = plan.request.k
         rows, scores = self.catalogue.popular(k, mask)
         movies = self.catalogue.movies
         pairs = zip(rows.tolist(), scores.tolist(), strict=True)
         items = [Scored(movies[r], s, Reason.POPULAR) for r, s in pairs]
-        return Recommendations(items, ignored, exhausted=len(items) < k)
+        return Recommendations(items, plan.ignored, exhausted=len(items) < k)
 
     def _results(
         self, rows: Rows, scores: npt.NDArray[np.float32], history: History, explain: int

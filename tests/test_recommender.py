@@ -405,3 +405,18 @@ def test_approximate_indexes_find_what_exact_search_finds(
     got = approx.recommend(Request(user=user, k=25, filter=westerns)).items
     assert len(got) == min(25, int(mask.sum()))
     assert all("Western" in s.movie.genres for s in got)
+
+
+def test_a_batch_searches_together_and_answers_as_one_by_one(
+    recommender: Recommender,
+) -> None:
+    users = recommender.artifacts.histories.user_ids[:40].tolist()
+    requests = [Request(user=u, k=5 + i % 7) for i, u in enumerate(users)]
+    requests[3] = Request(user=users[3], filter=Filter(genres_any=("Drama",)))  # alone
+    batch = recommender.recommend_batch(requests, [()] * len(requests))
+    for request, got in zip(requests, batch, strict=True):
+        want = recommender.recommend(request)
+        assert isinstance(got, type(want))
+        np.testing.assert_allclose([s.score for s in got.items], [s.score for s in want.items],
+                                   rtol=1e-5, atol=1e-5)  # fmt: skip
+        assert len(got.items) == len(want.items) == request.k
