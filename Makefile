@@ -3,13 +3,18 @@
 #   make test   install, lint, type-check and run the whole test suite (what CI runs)
 VENV ?= .venv
 BIN := $(VENV)/bin
+# torch==2.13.0 from PyPI is the CUDA build (several GB of nvidia packages). Where this machine
+# has no local CPU wheel, take PyTorch's own CPU build:
+#   make demo TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+TORCH_INDEX_URL ?=
+PIP_INSTALL := $(BIN)/python -m pip install --quiet $(if $(TORCH_INDEX_URL),--extra-index-url $(TORCH_INDEX_URL))
 
 .PHONY: demo test check proto bench lock image
 
 $(BIN)/movierec: pyproject.toml
 	python3 -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[server,train,dev]'
+	$(PIP_INSTALL) --upgrade pip
+	$(PIP_INSTALL) -e '.[server,train,dev]'
 	touch $@
 
 demo: $(BIN)/movierec

@@ -17,6 +17,7 @@ import dataclasses
 import json
 import logging
 import os
+import shutil
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -38,6 +39,9 @@ _EXTRAS = {
     **dict.fromkeys(("torch", "pandas", "tqdm", "matplotlib", "sklearn", "pyarrow"), "train"),
     "implicit": "als",
 }  # fmt: skip
+# The extra that gives a whole command what it needs ([train] includes [server]).
+_COMMAND_EXTRAS = {**dict.fromkeys(("train", "evaluate", "report", "sample", "demo", "data"),
+                                   "train"), "serve": "server", "events": "server"}  # fmt: skip
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -59,8 +63,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         package = (e.name or "").partition(".")[0]
         if package not in _EXTRAS:
             raise
+        extra = _EXTRAS[package]  # the als objective's extra, or what the whole command needs
+        extra = extra if extra == "als" else _COMMAND_EXTRAS.get(args.command, extra)
         print(f"movierec {args.command}: needs {package}, which this installation lacks: "
-              f"pip install 'movierec[{_EXTRAS[package]}]'", file=sys.stderr)  # fmt: skip
+              f"pip install 'movierec[{extra}]'", file=sys.stderr)  # fmt: skip
         return 1
 
 
@@ -239,27 +245,43 @@ def _serve(args: argparse.Namespace) -> int:
     flags = " --tls-ca CA.pem" * bool(options.tls_cert) + " --token TOKEN" * tokens
 
     def ready(port: int, health_port: int | None, metrics_port: int | None) -> None:
-        target = f"{host}:{port}"
+        target, movierec = f"{host}:{port}", _this_command()
         processes = f" in {options.processes} processes" if options.processes > 1 else ""
         print(
             f"movierec is serving {args.artifacts} on {options.address(port)}{processes}"
             f"{' (TLS)' if options.tls_cert else ''}"
             f"{', bearer tokens required' if tokens else ''}. Try:\n"
-            f"  movierec recommend --target {target}{flags} --user 1 -k 10\n"
-            f"  movierec similar   --target {target}{flags} --movie 1 -k 10\n"
+            f"  {movierec} recommend --target {target}{flags} --user 1 -k 10\n"
+            f"  {movierec} recommend --target {target}{flags} --movies 1,2,3 --genre Comedy\n"
+            f"  {movierec} similar   --target {target}{flags} --movie 1 -k 10\n"
             + (
                 f'  grpcurl -plaintext -d \'{{"user_id": 1, "k": 5}}\' {target} '
                 "movierec.v1.RecommenderService/Recommend\n"
                 if not options.tls_cert and not tokens
                 else ""
             )
-            + (f"  movierec health --target {host}:{health_port}\n" if health_port else "")
+            + (f"  {movierec} health --target {host}:{health_port}\n" if health_port else "")
             + (f"  curl -s {options.metrics_host}:{metrics_port}/metrics\n" if metrics_port else "")
             + "Reload the model with SIGHUP; stop with Ctrl-C.",
             flush=True,
         )
 
     return run(Path(args.artifacts), options, _open_store, ready)
+
+
+def _this_command() -> str:
+    """How to run movierec from here: 'movierec' when it is on PATH, else this interpreter's
+    copy (e.g. '.venv/bin/movierec' after `make demo`, which does not activate the venv)."""
+    on_path = shutil.which("movierec")
+    mine = Path(sys.executable).parent / "movierec"
+    if on_path and Path(on_path).resolve() == mine.resolve():
+        return "movierec"
+    if not mine.exists():
+        return "movierec"
+    try:
+        return str(mine.relative_to(Path.cwd()))
+    except ValueError:
+        return str(mine)
 
 
 def _server_options(args: argparse.Namespace) -> Any:
