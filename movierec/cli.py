@@ -547,7 +547,7 @@ def _parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     _add_train_options(p)
 
-    p = command("evaluate", _evaluate, "score a model under EVALUATION.md (recall, NDCG, ...)")
+    p = command("evaluate", _evaluate, "score a model under docs/EVALUATION.md (recall, NDCG, ...)")
     p.add_argument("--artifacts", type=Path, help="a trained artifact directory")
     p.add_argument("--test", type=Path, help="held-out ratings file")
     p.add_argument("--split", type=Path, help="a split folder (train/ + test.csv): train first")

@@ -1,4 +1,4 @@
-"""Recommendation quality under ../shared/EVALUATION.md, scored through the server's core.
+"""Recommendation quality under docs/EVALUATION.md, scored through the server's core.
 
     movierec evaluate --artifacts ART --test ../shared/eval/ml-latest-small/test.csv
     movierec evaluate --split ../shared/eval/ml-latest-small --out DIR   # train, score, report
