@@ -36,10 +36,10 @@ class Filter:
 
     @property
     def is_empty(self) -> bool:
-        return self == _NO_FILTER
+        return self is NO_FILTER or self == NO_FILTER
 
 
-_NO_FILTER = Filter()
+NO_FILTER = Filter()
 
 
 class Catalogue:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import dataclasses
 import errno
 import json
@@ -56,6 +57,10 @@ def run(
     recommender = load_recommender(artifacts)
     seconds = time.perf_counter() - start
     log.info("loaded model %s in %.2fs", recommender.model_version, seconds)
+    # The model's objects (a Movie per catalogue row, ...) live as long as the process:
+    # out of the cyclic collector's sight, its full collections stop walking them, and
+    # forked children stop touching (copying) their pages.
+    gc.freeze()
     if options.processes == 1:
         asyncio.run(_serve(recommender, artifacts, options, seconds, open_store, on_ready))
         return 0

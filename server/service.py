@@ -24,7 +24,7 @@ from movierec.errors import (
 from movierec.v1 import recommender_pb2 as pb
 from movierec.v1 import recommender_pb2_grpc as pb_grpc
 from server import wire
-from server.catalogue import Filter
+from server.catalogue import NO_FILTER, Filter
 from server.events import Event, EventStore, EventType, NoStore
 from server.recommender import DEFAULT_K, Recommender, Request
 from server.wire import Encoder
@@ -199,7 +199,7 @@ def _request(r: pb.RecommendRequest) -> Request:
         weights=tuple(r.weights),
         dislikes=(*r.negative_movie_ids, *r.negative_movie_keys),
         k=r.k or DEFAULT_K,
-        filter=_filter(r.filter),
+        filter=_filter(r.filter) if r.HasField("filter") else NO_FILTER,
         include_watched=r.include_watched,
         explain=r.explain,
         diversity=r.diversity,

@@ -18,13 +18,14 @@ from collections.abc import Sequence
 
 from movierec.artifacts import Key, Movie
 from movierec.v1 import recommender_pb2 as pb
-from server.recommender import Recommendations, Scored
+from server.recommender import Reason, Recommendations, Scored
 
 _SIMILARITY = b"\x25"  # field 4, fixed32
 _REASON = b"\x38"  # field 7, varint
 _ITEM = b"\x0a"  # field 1 (recommendations / results), length-delimited
 _ERROR = b"\x12"  # BatchResult field 2, length-delimited
 _FLOAT = struct.Struct("<f")
+_REASONS = {r: _REASON + bytes((r,)) for r in Reason}
 
 
 def ids(movie_id: Key) -> tuple[int, str]:
@@ -44,7 +45,9 @@ class Encoder:
 
     def __init__(self, model_version: str) -> None:
         self.model_version = model_version
-        self._static: dict[Key, bytes] = {}  # movie id -> its encoded static fields
+        # movie id -> an item's bytes up to its similarity: field tag and length, the movie's
+        # own fields, the similarity's tag (the rest is 4 bytes of float and the reason)
+        self._prefix: dict[Key, bytes] = {}
         # the usual tail: nothing ignored, not exhausted
         self._recommend_tail = pb.RecommendResponse(model_version=model_version).SerializeToString()
 
@@ -81,11 +84,13 @@ class Encoder:
             if s.explanation is not None:
                 parts.append(_field(_ITEM, recommendation(s).SerializeToString()))
                 continue
-            static = self._static.get(s.movie.movie_id)
-            if static is None:
-                static = self._static[s.movie.movie_id] = _static_fields(s.movie)
-            item = static + _SIMILARITY + _FLOAT.pack(s.score) + _REASON + bytes((s.reason,))
-            parts.append(_field(_ITEM, item))
+            prefix = self._prefix.get(s.movie.movie_id)
+            if prefix is None:
+                static = _static_fields(s.movie)
+                length = len(static) + len(_SIMILARITY) + _FLOAT.size + len(_REASON) + 1
+                prefix = _ITEM + _varint(length) + static + _SIMILARITY
+                self._prefix[s.movie.movie_id] = prefix
+            parts.append(prefix + _FLOAT.pack(s.score) + _REASONS[s.reason])
         return b"".join(parts)
 
 
@@ -121,9 +126,13 @@ def _static_fields(m: Movie) -> bytes:
 
 def _field(tag: bytes, payload: bytes) -> bytes:
     """A length-delimited field: tag, varint length, payload."""
-    n, length = len(payload), bytearray()
+    return tag + _varint(len(payload)) + payload
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
     while n > 0x7F:
-        length.append(n & 0x7F | 0x80)
+        out.append(n & 0x7F | 0x80)
         n >>= 7
-    length.append(n)
-    return tag + bytes(length) + payload
+    out.append(n)
+    return bytes(out)
