@@ -31,13 +31,15 @@ test: check
 proto: $(BIN)/movierec
 	$(BIN)/python scripts/generate_proto.py
 
+# Measurements, not tests (minutes): each prints its numbers and its ratios to a reference
+# measured in the same run; bench_targets.py ends with the serving targets' summary table.
 bench: $(BIN)/movierec
-	$(BIN)/python benchmarks/bench_core.py
+	$(BIN)/python benchmarks/bench_core.py --quick
 	$(BIN)/python benchmarks/bench_events.py
-	$(BIN)/python benchmarks/bench_grpc.py --synthetic 62423
-	$(BIN)/python benchmarks/bench_grpc.py --synthetic 62423 --processes 2
-	$(BIN)/movierec train --data ../shared/data/ml-latest-small --out artifacts/mls --quiet
-	$(BIN)/python benchmarks/bench_ann.py --artifacts artifacts/mls
+	$(BIN)/movierec train --data ../shared/eval/ml-latest-small/train --out artifacts/mls-split --quiet
+	$(BIN)/python benchmarks/bench_service.py --split ../shared/eval/ml-latest-small --artifacts artifacts/mls-split
+	$(BIN)/python benchmarks/bench_ann.py --artifacts artifacts/mls-split
+	$(BIN)/python benchmarks/bench_targets.py --artifacts artifacts/mls-split --synthetic 62423
 
 # The image's locked dependencies (Dockerfile: pip install --require-hashes --no-deps). Run after
 # changing pyproject's dependencies or [server] extra; existing pins are kept where they still
