@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import dataclasses
 import errno
+import gc
 import json
 import logging
 import os
