@@ -168,12 +168,16 @@ def _evaluate(args: argparse.Namespace) -> int:
     anchors = _read_anchors(args)  # before training: a bad file fails in a second, not minutes
     with tempfile.TemporaryDirectory(prefix="movierec-evaluate-") as tmp:
         if args.split is not None:
+            from trainer.movielens import split_test_file
+
+            # the split's own layout: test.csv, test.dat or test.data (found before training)
+            args.test = args.test or split_test_file(args.split)
             artifacts = (args.out or Path(tmp)) / "artifacts"
             run_training(
                 artifacts, _train_config(args), data=args.split / "train",
                 show_progress=not args.quiet,
             )  # fmt: skip
-            args.artifacts, args.test = artifacts, args.test or args.split / "test.csv"
+            args.artifacts = artifacts
         _score_and_report(args, args.out, anchors)
     return 0
 
@@ -550,7 +554,9 @@ def _parser() -> argparse.ArgumentParser:
     p = command("evaluate", _evaluate, "score a model under docs/EVALUATION.md (recall, NDCG, ...)")
     p.add_argument("--artifacts", type=Path, help="a trained artifact directory")
     p.add_argument("--test", type=Path, help="held-out ratings file")
-    p.add_argument("--split", type=Path, help="a split folder (train/ + test.csv): train first")
+    p.add_argument(
+        "--split", type=Path, help="a split folder (train/ + test.csv, .dat or .data): train first"
+    )
     p.add_argument(
         "--out", type=Path, metavar="DIR",
         help="write the report here (report.html, PNG plots, metrics.json); with --split the "

@@ -10,6 +10,7 @@ from trainer import distributed, movielens
 from trainer.config import TrainConfig
 from trainer.corpus import build_corpus
 from trainer.export import export
+from trainer.movielens import MovieLens
 from trainer.train import train
 
 
@@ -31,6 +32,21 @@ def run_training(
     if config.objective == "als" and distributed.launched():
         raise UsageError("the als objective trains in one process (no --nproc-per-node)")
     dataset = movielens.load(data, ratings=ratings, movies=movies)
+    source = str(data if data is not None else ratings)
+    return train_and_export(out, dataset, config, source, show_progress, checkpoint, resume)
+
+
+def train_and_export(
+    out: Path,
+    dataset: MovieLens,
+    config: TrainConfig,
+    source: str,
+    show_progress: bool = True,
+    checkpoint: Path | None = None,
+    resume: bool = False,
+) -> dict[str, Any] | None:
+    """Train on loaded data and write artifacts to ``out``; returns the manifest (None on
+    ranks other than 0)."""
     corpus = build_corpus(dataset, config.like_threshold, config.min_count)
     if config.objective == "als":
         from trainer.als import train_als
@@ -40,5 +56,4 @@ def run_training(
         embeddings = train(corpus, config, show_progress, checkpoint, resume)
         if distributed.rank() != 0:
             return None
-    source = str(data if data is not None else ratings)
     return export(Path(out), corpus, embeddings, config, source=source)
