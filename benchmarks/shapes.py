@@ -13,6 +13,7 @@ Shapes are carved from ml-latest-small (../shared/data/ml-latest-small, and the 
     dense1000   the 1,000 most-rated movies and their ratings (8% dense)
     dense1600   the 1,600 most-rated (6% dense; the shape of ml-100k's catalogue)
     tail        every movie but the 1,000 most-rated (0.6% dense)
+    heavy       the 2,000 most-rated movies, users with 100+ of them (222 users, 14% dense)
     gen100k     generated: 940 users, 1,680 movies, ~94k ratings (ml-100k's shape)
     gen1m       generated: 3,000 users, 3,700 movies, ~490k ratings (half of ml-1m)
     gensparse   generated: 2,000 users, 6,000 movies, ~40k ratings
@@ -91,6 +92,15 @@ def _most_rated(top: int, keep_top: bool) -> Callable[[], Split]:
     return carve
 
 
+def _heavy() -> Split:
+    """Users with 100+ ratings among the 2,000 most-rated movies: saturated histories."""
+    data = _movielens()
+    head = data.ratings["movie_id"].value_counts().index[:2000]
+    r = data.ratings[data.ratings["movie_id"].isin(head)]
+    per_user = r.groupby("user_id")["user_id"].transform("size")
+    return _split(data, r[per_user >= 100].reset_index(drop=True))
+
+
 def _generated(seed: int, movies: int, users: int, mean: int) -> Callable[[], Split]:
     def carve() -> Split:
         s = make_sample(seed=seed, num_movies=movies, num_users=users, mean_ratings=mean)
@@ -112,6 +122,7 @@ SHAPES: dict[str, Callable[[], Split]] = {
     "dense1000": _most_rated(1000, keep_top=True),
     "dense1600": _most_rated(1600, keep_top=True),
     "tail": _most_rated(1000, keep_top=False),
+    "heavy": _heavy,
     "gen100k": _generated(1, 1680, 940, 115),
     "gen1m": _generated(2, 3700, 3000, 170),
     "gensparse": _generated(3, 6000, 2000, 25),
@@ -223,6 +234,7 @@ def main() -> None:
     p.add_argument("--set", action="append", default=[], dest="variants",
                    help="settings of a movierec variant, e.g. dim=512,epochs=40")  # fmt: skip
     p.add_argument("--validation", action="store_true", help="score on a validation holdout")
+    p.add_argument("--splits", type=int, default=1, help="with --validation: mean over holdouts")
     p.add_argument("--no-anchors", action="store_true", help="movierec only")
     p.add_argument("--cache", type=Path, default=Path("artifacts/shapes-anchors.json"))
     p.add_argument("--threads", type=int, default=1)
@@ -231,10 +243,11 @@ def main() -> None:
     print(f"{'shape':10} {'variant':28} {'ndcg@10':>8} {'recall@20':>9} {'cov@10':>7} "
           f"{'train s':>7}  data")  # fmt: skip
     for name in args.shapes.split(","):
-        split = SHAPES[name]()
-        if args.validation:
-            split = validation(split)
-        shape = describe(split)
+        whole = SHAPES[name]()
+        splits = [validation(whole, 100 + i) for i in range(args.splits)]
+        if not args.validation:
+            splits = [whole]
+        shape = describe(splits[0])
         if not args.no_anchors:
             found = anchors(name, SHAPES[name](), args.cache, args.validation)
             for method, s in found.items():
@@ -245,9 +258,10 @@ def main() -> None:
         for variant in args.variants or [""]:
             overrides = {"threads": args.threads, **parse(variant)}
             config = TrainConfig(**overrides)  # type: ignore[arg-type]
-            s, seconds = holdout_scores(*split, config)
-            print(f"{name:10} {variant or 'default':28} {s.ndcg_10:8.4f} {s.recall_20:9.4f} "
-                  f"{s.coverage_10:7.4f} {seconds:7.1f}  {shape}", flush=True)  # fmt: skip
+            runs = [holdout_scores(*split, config) for split in splits]
+            m = np.mean([(s.ndcg_10, s.recall_20, s.coverage_10, t) for s, t in runs], axis=0)
+            print(f"{name:10} {variant or 'default':28} {m[0]:8.4f} {m[1]:9.4f} {m[2]:7.4f} "
+                  f"{m[3]:7.1f}  {shape}", flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":
