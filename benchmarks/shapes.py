@@ -42,9 +42,9 @@ from benchmarks.ablation import parse
 from trainer.config import TrainConfig
 from trainer.evaluate import Scores, relevant_sets, score
 from trainer.movielens import MovieLens, load, read_ratings
+from trainer.pipeline import holdout_scores
 from trainer.sample import make_sample
 from trainer.split import holdout_split
-from trainer.tune import holdout_scores
 
 SHARED = Path(os.environ.get("MOVIEREC_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 LIKED = 3.5  # the anchors' implicit positives, as ANCHORS.md
