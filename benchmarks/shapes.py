@@ -48,7 +48,7 @@ from trainer.split import holdout_split
 
 SHARED = Path(os.environ.get("MOVIEREC_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 LIKED = 3.5  # the anchors' implicit positives, as ANCHORS.md
-EASE_LAMBDAS = (50.0, 100.0, 250.0, 500.0, 1000.0, 2000.0)
+EASE_LAMBDAS = (50.0, 100.0, 250.0, 500.0, 1000.0, 2000.0, 5000.0)
 ALS_FACTORS = (32, 64, 128)
 
 Split = tuple[MovieLens, pd.DataFrame]  # (training data, held-out ratings)

@@ -38,7 +38,7 @@ class TrainConfig:
     ns_exponent: float = 0.75  # sgns, sampled cbow: samples ~ count^ns_exponent (0 uniform)
     subsample: float = 0.0  # word2vec subsampling of frequent movies (e.g. 1e-3); 0 = off
     lr: float = 0.0  # Adam learning rate; 0: auto
-    weight_decay: float = 0.0  # AdamW's decoupled weight decay (0: plain Adam)
+    weight_decay: float = 0.1  # cbow: AdamW's decoupled weight decay (0: plain Adam)
     regularization: float = 0.01  # als: L2 regularisation of the factors
     alpha: float = 1.0  # als: confidence per star of a liked rating
     batch_size: int = 4096  # sgns: pairs per step; softmax: 1/16 of it as movies per step

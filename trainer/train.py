@@ -84,9 +84,8 @@ def _train(
     model = ItemEmbeddings(len(corpus.movies), config.dim, features).to(device)
     # fused: one kernel over all parameters, 5.6x faster than the default at 60k x 256;
     # AdamW with weight_decay 0 is Adam
-    optimizer = torch.optim.AdamW(
-        model.parameters(), config.lr, weight_decay=config.weight_decay, fused=True
-    )
+    decay = config.weight_decay if config.objective == "cbow" else 0.0
+    optimizer = torch.optim.AdamW(model.parameters(), config.lr, weight_decay=decay, fused=True)
     steps = objective(corpus, config, device, rank, world)
     losses: list[float] = []  # per epoch
     saved = distributed.broadcast_file(checkpoint, device) if resume and checkpoint else None

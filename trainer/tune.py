@@ -40,7 +40,7 @@ MIN_GAIN = 0.01  # relative NDCG@10 gain a step must show to be kept
 STEPS: dict[str, tuple[Any, ...]] = {
     "lr": (0.5, 2.0),  # multiplied
     "dim": (0.5, 2.0),  # multiplied
-    "weight_decay": (0.01, 0.1),  # set
+    "weight_decay": (0.0, 0.3),  # set
     "keep": (0.4, 0.8),  # set
     "like_threshold": (-0.5, 0.5),  # added
     "min_count": (1, 5),  # set
