@@ -73,31 +73,43 @@ def train_and_export(
     early stopping on a holdout); the manifest's training section records them, and
     ``record`` too."""
     config, auto = resolve(config, Shape.of_ratings(dataset.ratings, config.like_threshold))
-    if config.epochs == 0:  # auto: as many as a holdout carved from this data rewards
-        stopped = stop_early(dataset, config, show_progress=show_progress)
-        config = dataclasses.replace(config, epochs=stopped.epochs)
-        auto["chosen"]["epochs"] = {
-            "value": stopped.epochs,
-            "why": f"holdout NDCG@10 peaked at epoch {stopped.epochs} of {len(stopped.curve)}",
-        }
-        if config.popularity == 0:
-            config = dataclasses.replace(config, popularity=stopped.popularity)
-            auto["chosen"]["popularity"] = {
-                "value": stopped.popularity,
-                "why": "the bias weight with the best holdout NDCG@10 at that epoch, if "
-                f"{POPULARITY_GAIN:.0%} above weight 1",
-            }
-        auto["holdout"] = stopped.record()
-    corpus = build_corpus(dataset, config.like_threshold, config.min_count)
     if config.objective == "als":
         from trainer.als import train_als
 
+        corpus = build_corpus(dataset, config.like_threshold, config.min_count)
         embeddings = train_als(corpus, config, show_progress)
     else:
-        embeddings = train(corpus, config, show_progress, checkpoint, resume)
+        # one process group for the holdout run and the training (a group is joined once)
+        with distributed.process_group(distributed.device(config.device)):
+            if config.epochs == 0:  # auto: as many as a holdout carved from this data rewards
+                config = _stop_early(dataset, config, auto, show_progress)
+            corpus = build_corpus(dataset, config.like_threshold, config.min_count)
+            embeddings = train(corpus, config, show_progress, checkpoint, resume)
         if distributed.rank() != 0:
             return None
     return export(Path(out), corpus, embeddings, config, source, {"auto": auto, **(record or {})})
+
+
+def _stop_early(
+    dataset: MovieLens, config: TrainConfig, auto: dict[str, Any], show_progress: bool
+) -> TrainConfig:
+    """Epochs (and popularity, if auto) from early stopping on a holdout, recorded in
+    ``auto``."""
+    stopped = stop_early(dataset, config, show_progress=show_progress)
+    config = dataclasses.replace(config, epochs=stopped.epochs)
+    auto["chosen"]["epochs"] = {
+        "value": stopped.epochs,
+        "why": f"holdout NDCG@10 peaked at epoch {stopped.epochs} of {len(stopped.curve)}",
+    }
+    if config.popularity == 0:
+        config = dataclasses.replace(config, popularity=stopped.popularity)
+        auto["chosen"]["popularity"] = {
+            "value": stopped.popularity,
+            "why": "the bias weight with the best holdout NDCG@10 at that epoch, if "
+            f"{POPULARITY_GAIN:.0%} above weight 1",
+        }
+    auto["holdout"] = stopped.record()
+    return config
 
 
 def holdout_scores(fit: MovieLens, held: pd.DataFrame, config: TrainConfig) -> tuple[Scores, float]:
