@@ -157,12 +157,14 @@ def _cost(changes: dict[str, Any], base: TrainConfig) -> float:
 
 def table(record: dict[str, Any]) -> str:
     """The trials of a search (the manifest's training.tune), the kept one starred."""
-    lines = [f"{'':2}{'#':>3}  {'settings (vs the default)':36} {'epochs':>6} {'pop':>4} "
+    settings = [", ".join(f"{k}={v:g}" for k, v in t["changes"].items()) or "default"
+                for t in record["trials"]]  # fmt: skip
+    width = max(len("settings (vs the default)"), *map(len, settings))
+    lines = [f"{'':2}{'#':>3}  {'settings (vs the default)':{width}} {'epochs':>6} {'pop':>4} "
              f"{'ndcg@10':>8} {'recall@20':>9} {'cov@10':>7} {'s':>6}"]  # fmt: skip
-    for i, t in enumerate(record["trials"]):
-        changed = ", ".join(f"{k}={v:g}" for k, v in t["changes"].items()) or "default"
+    for i, (t, changed) in enumerate(zip(record["trials"], settings, strict=True)):
         star = "*" if i == record["winner"] else ""
-        lines.append(f"{star:2}{i:>3}  {changed:36} {t['epochs']:>6} {t['popularity']:>4g} "
+        lines.append(f"{star:2}{i:>3}  {changed:{width}} {t['epochs']:>6} {t['popularity']:>4g} "
                      f"{t['ndcg@10']:8.4f} {t['recall@20']:9.4f} {t['coverage@10']:7.4f} "
                      f"{t['seconds']:6.1f}")  # fmt: skip
     lines.append("(on a holdout: a random 20% of each user's ratings, trained on the rest; "
