@@ -94,8 +94,8 @@ def resolve(
 
 
 def _cbow(shape: Shape, early_stopping: bool) -> dict[str, tuple[Any, str]]:
-    """(value, reason) per auto field for cbow. Measured on validation holdouts of ten shapes
-    (benchmarks/shapes.py, README "Quality"): the amount of training is what the shapes
+    """(value, reason) per auto field for cbow. Measured on validation holdouts of the shapes
+    of benchmarks/shapes.py (README "Quality"): the amount of training is what the shapes
     disagree on. The same 30 epochs were 2-5x too many on generated data (NDCG@10 peaked at
     epoch 3-6 and fell by a quarter after) and about right on ml-latest-small's shapes, whose
     sizes are alike: no rule on the shape separates them, a holdout does. Once early stopping

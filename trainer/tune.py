@@ -10,13 +10,12 @@ and popularity weight), so trial 0 *is* the default and the winner scores at lea
 the holdout. From the best so far, each lever in turn tries a step down and a step up and keeps
 a step that raises holdout NDCG@10 by more than MIN_GAIN (one holdout's noise is ~0.005);
 passes repeat while time remains. A trial that would not end within the budget (estimated from
-the ones before) is not started. Settings given explicitly are never searched.
+the ones before) is not started. Settings set to anything but their default are not searched.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import logging
 import re
 import time
 from dataclasses import dataclass
@@ -31,9 +30,6 @@ from trainer.evaluate import Scores
 from trainer.holdout import HOLDOUT_SEED, Stopped, carve, stop_early
 from trainer.movielens import MovieLens
 
-log = logging.getLogger(__name__)
-
-DEFAULT_BUDGET = "10m"
 MIN_GAIN = 0.01  # relative NDCG@10 gain a step must show to be kept
 # Steps per lever, tried from the best settings so far; the order is the levers' measured
 # effect on validation (benchmarks/shapes.py): training length and capacity first.
