@@ -105,8 +105,9 @@ def search(
             for name in searched:
                 for value in _candidates(name, best.config):
                     changes = {**best.changes, name: value}
-                    if changes in (t.changes for t in trials):
-                        continue
+                    changes = {k: v for k, v in changes.items() if getattr(base, k) != v}
+                    if dataclasses.replace(base, **changes) in (t.config for t in trials):
+                        continue  # tried already (a step back to the default's value, say)
                     cost = best.stopped.seconds * _cost(changes, base)
                     if time.perf_counter() - start + cost + final > budget:
                         continue
