@@ -14,19 +14,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from server.app import load_recommender
 from trainer.config import TrainConfig
-from trainer.corpus import build_corpus
-from trainer.evaluate import evaluate
-from trainer.export import export
 from trainer.movielens import MovieLens, load
+from trainer.pipeline import holdout_scores
 from trainer.split import holdout_split
-from trainer.train import train
 
 
 def parse(text: str) -> dict[str, object]:
@@ -52,14 +47,9 @@ def main() -> None:
     for variant in ["", *args.variants]:
         config = TrainConfig(**parse(variant))  # type: ignore[arg-type]
         rows = []
-        for fit, held in splits:
-            corpus = build_corpus(MovieLens(fit, data.movies, data.layout),
-                                  config.like_threshold, config.min_count)  # fmt: skip
-            embeddings = train(corpus, config, show_progress=False)
-            with tempfile.TemporaryDirectory() as tmp:
-                export(Path(tmp) / "a", corpus, embeddings, config, source="validation")
-                s = evaluate(load_recommender(Path(tmp) / "a"), held)["model"]
-            rows.append((s.ndcg_10, s.recall_20, s.coverage_10, embeddings.seconds))
+        for fit, held in splits:  # trained as `movierec train` would (auto settings included)
+            s, seconds = holdout_scores(MovieLens(fit, data.movies, data.layout), held, config)
+            rows.append((s.ndcg_10, s.recall_20, s.coverage_10, seconds))
         m = np.mean(rows, axis=0)
         print(f"{variant or 'default':48} {m[0]:8.4f} {m[1]:9.4f} {m[2]:7.4f} {m[3]:8.1f}",
               flush=True)  # fmt: skip

@@ -92,6 +92,8 @@ def _train(args: argparse.Namespace) -> int:
         raise UsageError("--resume needs --checkpoint")
     if args.nproc_per_node < 1:
         raise UsageError(f"--nproc-per-node must be at least 1, got {args.nproc_per_node}")
+    if args.nproc_per_node > 1 and args.tune is not None:
+        raise UsageError("--tune runs in one process (no --nproc-per-node)")
     if args.nproc_per_node > 1 and not distributed.launched():
         if config.objective == "als":
             raise UsageError("the als objective trains in one process (no --nproc-per-node)")
@@ -100,6 +102,11 @@ def _train(args: argparse.Namespace) -> int:
         return 0
     if distributed.rank() > 0:  # one log of the run: rank 0's
         logging.getLogger().setLevel(logging.WARNING)
+    tune = None
+    if args.tune is not None:
+        from trainer.tune import parse_budget
+
+        tune = parse_budget(args.tune)
     manifest = run_training(
         args.out,
         config,
@@ -109,9 +116,14 @@ def _train(args: argparse.Namespace) -> int:
         show_progress=not args.quiet,
         checkpoint=args.checkpoint,
         resume=args.resume,
+        tune=tune,
     )
     if manifest is None:  # another rank wrote it
         return 0
+    if "tune" in manifest["training"]:
+        from trainer.tune import table
+
+        print(table(manifest["training"]["tune"]))
     counts = manifest["counts"]
     world = manifest["training"].get("world_size", 1)
     print(
@@ -168,12 +180,16 @@ def _evaluate(args: argparse.Namespace) -> int:
     anchors = _read_anchors(args)  # before training: a bad file fails in a second, not minutes
     with tempfile.TemporaryDirectory(prefix="movierec-evaluate-") as tmp:
         if args.split is not None:
+            from trainer.movielens import split_test_file
+
+            # the split's own layout: test.csv, test.dat or test.data (found before training)
+            args.test = args.test or split_test_file(args.split)
             artifacts = (args.out or Path(tmp)) / "artifacts"
             run_training(
                 artifacts, _train_config(args), data=args.split / "train",
                 show_progress=not args.quiet,
             )  # fmt: skip
-            args.artifacts, args.test = artifacts, args.test or args.split / "test.csv"
+            args.artifacts = artifacts
         _score_and_report(args, args.out, anchors)
     return 0
 
@@ -545,12 +561,22 @@ def _parser() -> argparse.ArgumentParser:
         help="train in N processes on this machine (PyTorch DDP, each on its share of every "
         "step; a GPU each with --device cuda). Several machines: torchrun, see README",
     )  # fmt: skip
+    p.add_argument(
+        "--tune",
+        nargs="?",
+        const="10m",
+        metavar="BUDGET",
+        help="first search the settings on a holdout of the data for BUDGET (600, 90s, 10m, "
+        "1h; 10m if not given), then train on all of it with the best",
+    )
     _add_train_options(p)
 
     p = command("evaluate", _evaluate, "score a model under docs/EVALUATION.md (recall, NDCG, ...)")
     p.add_argument("--artifacts", type=Path, help="a trained artifact directory")
     p.add_argument("--test", type=Path, help="held-out ratings file")
-    p.add_argument("--split", type=Path, help="a split folder (train/ + test.csv): train first")
+    p.add_argument(
+        "--split", type=Path, help="a split folder (train/ + test.csv, .dat or .data): train first"
+    )
     p.add_argument(
         "--out", type=Path, metavar="DIR",
         help="write the report here (report.html, PNG plots, metrics.json); with --split the "

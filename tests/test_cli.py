@@ -310,3 +310,25 @@ def test_train_reports_bad_data_in_one_line(tmp_path: Path) -> None:
         "expected a number"
     )
     assert not (tmp_path / "a").exists()
+
+
+def test_evaluate_a_split_in_the_dat_layout(sample, tmp_path: Path) -> None:
+    """A split of ml-1m-style files keeps its layout: train/*.dat beside test.dat."""
+    import pandas as pd
+
+    from trainer.split import holdout_split
+
+    ratings = pd.DataFrame(sample.ratings)
+    train, test = holdout_split(ratings, seed=0)
+    (tmp_path / "train").mkdir()
+    with open(tmp_path / "train" / "movies.dat", "w", encoding="latin-1") as f:
+        f.writelines(f"{m}::{title}::{'|'.join(g)}\n" for m, title, g in sample.movies)
+    for path, table in ((tmp_path / "train" / "ratings.dat", train), (tmp_path / "test.dat", test)):
+        path.write_text(
+            "".join(f"{u}::{m}::{r:g}::{t}\n" for u, m, r, t in table.itertuples(False))
+        )
+    result = run("movierec", "evaluate", "--split", str(tmp_path), "--out", str(tmp_path / "a"),
+                 "--epochs", "2", "--quiet", "--json")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    scores = json.loads(result.stdout)
+    assert scores["model"]["ndcg@10"] > scores["popularity"]["ndcg@10"]

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from movierec.errors import DataError
-from trainer.movielens import detect_layout, load, parse_title, read_ratings
+from trainer.movielens import detect_layout, load, parse_title, read_ratings, split_test_file
 
 
 def write(folder: Path, files: dict[str, str | bytes]) -> Path:
@@ -158,3 +158,20 @@ def test_missing_explicit_file(tmp_path: Path) -> None:
 def test_parse_title() -> None:
     assert parse_title("Babylon 5 (1993-1998)") == ("Babylon 5 (1993-1998)", 1993)
     assert parse_title("Hamlet ") == ("Hamlet", None)
+
+
+@pytest.mark.parametrize("name", ["test.csv", "test.dat", "test.data"])
+def test_split_test_file_keeps_the_layout(tmp_path: Path, name: str) -> None:
+    (tmp_path / name).write_text("")
+    assert split_test_file(tmp_path) == tmp_path / name
+
+
+def test_split_without_one_test_file(tmp_path: Path) -> None:
+    with pytest.raises(
+        DataError, match="expected one of test.csv, test.dat, test.data; found none"
+    ):
+        split_test_file(tmp_path)
+    (tmp_path / "test.csv").write_text("")
+    (tmp_path / "test.dat").write_text("")
+    with pytest.raises(DataError, match="found test.csv, test.dat"):
+        split_test_file(tmp_path)

@@ -70,10 +70,10 @@ def test_same_seed_same_model(sample_dir: Path) -> None:
 def test_bad_settings_are_refused() -> None:
     with pytest.raises(ValueError, match="objective must be one of cbow, sgns, softmax, als"):
         TrainConfig(objective="bpr")
-    with pytest.raises(ValueError, match="dim must be at least 1"):
-        TrainConfig(dim=0)
+    with pytest.raises(ValueError, match=r"dim must be 0 \(auto\) or more"):
+        TrainConfig(dim=-1)
     with pytest.raises(ValueError, match="keep must be in"):
-        TrainConfig(keep=0)
+        TrainConfig(keep=1.5)
     with pytest.raises(ValueError, match="users_per_step must be 0 .auto. or more"):
         TrainConfig(users_per_step=-1)
     with pytest.raises(ValueError, match="softmax_samples must be at least 1"):

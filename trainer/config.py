@@ -1,6 +1,10 @@
 """Every training knob in one commented block. Each field is a ``movierec train`` flag (its
 comment is the flag's help) and is stored in the artifact's manifest, so every artifact says
-how it was made. No torch here: the CLI reads this to build its parser."""
+how it was made. No torch here: the CLI reads this to build its parser.
+
+Fields in ``AUTO`` default to 0, "auto": ``trainer.defaults.resolve`` chooses them from the
+data's shape before training (a value given explicitly is kept), and the manifest records the
+choice and its reason."""
 
 from __future__ import annotations
 
@@ -12,17 +16,19 @@ from typing import Any
 
 OBJECTIVES = ("cbow", "sgns", "softmax", "als")
 DEVICES = ("auto", "cpu", "cuda")
+AUTO = ("dim", "epochs", "keep", "lr", "popularity")  # 0: chosen from the data (defaults.py)
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     objective: str = "cbow"  # "cbow" (baskets), "sgns"/"softmax" (pairs), "als" (implicit ALS)
-    dim: int = 256  # embedding size (the notebook's hidden layer)
-    epochs: int = 30  # passes over the users (cbow) or the re-sampled pairs
-    keep: float = 0.6  # cbow: share of a user's liked movies drawn as context per step
+    dim: int = 0  # embedding size (the notebook's hidden layer); 0: auto
+    epochs: int = 0  # passes over the users (cbow) or the re-sampled pairs; 0: auto
+    keep: float = 0.0  # cbow: share of a user's liked movies drawn as context per step; 0: auto
     users_per_step: int = 0  # cbow: users per optimiser step; 0: a fiftieth of all users, >= 64
     softmax_samples: int = 2048  # cbow: over 5x this many movies, score a sample this big
     rating_weight: float = 0.5  # cbow: a target weighs 1 + rating_weight * (stars - 4)
+    popularity: float = 0.0  # cbow: weight of the popularity prior (bias) in the index; 0: auto
     partners: int = 10  # partners drawn per liked movie per epoch, instead of all n^2 pairs
     window: int = 0  # 0: partners from the whole history; k: within k of it in time order
     like_threshold: float = 3.5  # ratings >= this are "watched and liked" (pairs and queries)
@@ -31,7 +37,8 @@ class TrainConfig:
     negatives: int = 10  # sgns: negative movies per pair
     ns_exponent: float = 0.75  # sgns, sampled cbow: samples ~ count^ns_exponent (0 uniform)
     subsample: float = 0.0  # word2vec subsampling of frequent movies (e.g. 1e-3); 0 = off
-    lr: float = 0.005  # Adam learning rate
+    lr: float = 0.0  # Adam learning rate; 0: auto
+    weight_decay: float = 0.1  # cbow: AdamW's decoupled weight decay (0: plain Adam)
     regularization: float = 0.01  # als: L2 regularisation of the factors
     alpha: float = 1.0  # als: confidence per star of a liked rating
     batch_size: int = 4096  # sgns: pairs per step; softmax: 1/16 of it as movies per step
@@ -46,14 +53,17 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}")
-        for name in ("dim", "epochs", "partners", "negatives", "batch_size",
-                     "softmax_samples", "hnsw_m", "ef_construction", "ef_search"):  # fmt: skip
+        for name in ("partners", "negatives", "batch_size", "softmax_samples", "hnsw_m",
+                     "ef_construction", "ef_search"):  # fmt: skip
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in AUTO:
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be 0 (auto) or more, got {getattr(self, name)}")
         if self.users_per_step < 0:
             raise ValueError(f"users_per_step must be 0 (auto) or more, got {self.users_per_step}")
-        if self.min_count < 0 or self.window < 0 or self.lr <= 0 or self.subsample < 0:
-            raise ValueError("min_count >= 0, window >= 0, lr > 0 and subsample >= 0 are required")
+        if min(self.min_count, self.window, self.subsample, self.weight_decay) < 0:
+            raise ValueError("min_count, window, subsample and weight_decay must not be negative")
         if self.min_count == 0 and not (self.side_info and self.objective == "cbow"):
             raise ValueError("min_count 0 (unrated movies too) needs cbow with side_info")
         if self.index not in ("flat", "fp16", "hnsw"):
@@ -62,8 +72,13 @@ class TrainConfig:
             raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
         if self.threads < 0:
             raise ValueError(f"threads must be 0 (auto) or more, got {self.threads}")
-        if not 0 < self.keep <= 1:
-            raise ValueError(f"keep must be in (0, 1], got {self.keep}")
+        if not 0 <= self.keep <= 1:
+            raise ValueError(f"keep must be in (0, 1], or 0 (auto), got {self.keep}")
+
+    @property
+    def unresolved(self) -> list[str]:
+        """The AUTO fields still 0, for trainer.defaults.resolve to choose."""
+        return [name for name in AUTO if getattr(self, name) == 0]
 
 
 def options() -> list[tuple[str, type, Any, str]]:

@@ -66,6 +66,9 @@ def process_group(where: torch.device) -> Iterator[tuple[int, int]]:
     if not launched():
         yield 0, 1
         return
+    if dist.is_initialized():  # joined by an enclosing block (early stopping, then training)
+        yield dist.get_rank(), dist.get_world_size()
+        return
     if where.type == "cuda":
         torch.cuda.set_device(where)
     dist.init_process_group("nccl" if where.type == "cuda" else "gloo")

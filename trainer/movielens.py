@@ -101,6 +101,17 @@ def read_ratings(path: Path) -> pd.DataFrame:
     return table
 
 
+def split_test_file(split: Path) -> Path:
+    """The held-out ratings of a split folder (``train/`` beside ``test.*``): a split keeps its
+    source's layout, so test.csv, test.dat or test.data, whichever is there."""
+    found = [p for p in (Path(split) / f"test{Path(r).suffix}" for r, _ in _FILES.values())
+             if p.is_file()]  # fmt: skip
+    if len(found) != 1:
+        names = ", ".join(p.name for p in found) or "none"
+        raise DataError(f"{split}: expected one of test.csv, test.dat, test.data; found {names}")
+    return found[0]
+
+
 def parse_title(title: str) -> tuple[str, int | None]:
     """Split 'Toy Story (1995)' into ('Toy Story (1995)', 1995); the title is kept whole."""
     m = _YEAR.search(title)

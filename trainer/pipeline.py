@@ -1,16 +1,29 @@
-"""Load -> corpus -> train -> export: what ``movierec train`` runs."""
+"""Load -> choose settings -> corpus -> train -> export: what ``movierec train`` runs."""
 
 from __future__ import annotations
 
+import dataclasses
+import logging
+import tempfile
+import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+import pandas as pd
 
 from movierec.errors import UsageError
 from trainer import distributed, movielens
 from trainer.config import TrainConfig
 from trainer.corpus import build_corpus
+from trainer.defaults import Shape, resolve
+from trainer.evaluate import Scores, evaluate
 from trainer.export import export
+from trainer.holdout import POPULARITY_GAIN, stop_early
+from trainer.movielens import MovieLens
 from trainer.train import train
+
+log = logging.getLogger(__name__)
 
 
 def run_training(
@@ -23,22 +36,90 @@ def run_training(
     show_progress: bool = True,
     checkpoint: Path | None = None,
     resume: bool = False,
+    tune: float | None = None,
 ) -> dict[str, Any] | None:
     """Train on a MovieLens folder (or explicit files) and write artifacts to ``out``;
-    returns the manifest. ``checkpoint``/``resume``: see ``trainer.train.train``. Started by
+    returns the manifest. ``checkpoint``/``resume``: see ``trainer.train.train``. ``tune``:
+    first search settings on a holdout for that many seconds (trainer/tune.py). Started by
     torchrun, every rank reads the data and trains its share; rank 0 alone writes the
     artifact and returns its manifest, the others return None."""
     if config.objective == "als" and distributed.launched():
         raise UsageError("the als objective trains in one process (no --nproc-per-node)")
+    if tune is not None and distributed.launched():
+        raise UsageError("--tune runs in one process (no --nproc-per-node): its time budget "
+                         "would let ranks choose differently")  # fmt: skip
     dataset = movielens.load(data, ratings=ratings, movies=movies)
-    corpus = build_corpus(dataset, config.like_threshold, config.min_count)
+    source = str(data if data is not None else ratings)
+    record = None
+    if tune is not None:
+        from trainer.tune import search
+
+        config, record = search(dataset, config, tune, show_progress)
+    return train_and_export(out, dataset, config, source, show_progress, checkpoint, resume, record)
+
+
+def train_and_export(
+    out: Path,
+    dataset: MovieLens,
+    config: TrainConfig,
+    source: str,
+    show_progress: bool = True,
+    checkpoint: Path | None = None,
+    resume: bool = False,
+    record: Mapping[str, Any] | None = None,
+) -> dict[str, Any] | None:
+    """Train on loaded data and write artifacts to ``out``; returns the manifest (None on
+    ranks other than 0). Auto settings are chosen from the data first (trainer/defaults.py,
+    early stopping on a holdout); the manifest's training section records them, and
+    ``record`` too."""
+    config, auto = resolve(config, Shape.of_ratings(dataset.ratings, config.like_threshold))
     if config.objective == "als":
         from trainer.als import train_als
 
+        corpus = build_corpus(dataset, config.like_threshold, config.min_count)
         embeddings = train_als(corpus, config, show_progress)
     else:
-        embeddings = train(corpus, config, show_progress, checkpoint, resume)
+        # one process group for the holdout run and the training (a group is joined once)
+        with distributed.process_group(distributed.device(config.device)):
+            if config.epochs == 0:  # auto: as many as a holdout carved from this data rewards
+                config = _stop_early(dataset, config, auto, show_progress)
+            corpus = build_corpus(dataset, config.like_threshold, config.min_count)
+            embeddings = train(corpus, config, show_progress, checkpoint, resume)
         if distributed.rank() != 0:
             return None
-    source = str(data if data is not None else ratings)
-    return export(Path(out), corpus, embeddings, config, source=source)
+    return export(Path(out), corpus, embeddings, config, source, {"auto": auto, **(record or {})})
+
+
+def _stop_early(
+    dataset: MovieLens, config: TrainConfig, auto: dict[str, Any], show_progress: bool
+) -> TrainConfig:
+    """Epochs (and popularity, if auto) from early stopping on a holdout, recorded in
+    ``auto``."""
+    stopped = stop_early(dataset, config, show_progress=show_progress)
+    config = dataclasses.replace(config, epochs=stopped.epochs)
+    auto["chosen"]["epochs"] = {
+        "value": stopped.epochs,
+        "why": f"holdout NDCG@10 peaked at epoch {stopped.epochs} of {len(stopped.curve)}",
+    }
+    if config.popularity == 0:
+        config = dataclasses.replace(config, popularity=stopped.popularity)
+        auto["chosen"]["popularity"] = {
+            "value": stopped.popularity,
+            "why": "the bias weight with the best holdout NDCG@10 at that epoch, if "
+            f"{POPULARITY_GAIN:.0%} above weight 1",
+        }
+    auto["holdout"] = stopped.record()
+    return config
+
+
+def holdout_scores(fit: MovieLens, held: pd.DataFrame, config: TrainConfig) -> tuple[Scores, float]:
+    """Train on ``fit`` as ``movierec train`` would, score the served model on ``held``
+    (EVALUATION.md); with the seconds training took (early stopping's holdout run included)."""
+    from server.app import load_recommender
+
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        train_and_export(Path(tmp) / "a", fit, config, "validation", False)
+        seconds = time.perf_counter() - start
+        scores = evaluate(load_recommender(Path(tmp) / "a"), held)["model"]
+    return scores, seconds

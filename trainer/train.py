@@ -18,6 +18,7 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,7 @@ from trainer import distributed
 from trainer.batches import objective
 from trainer.config import TrainConfig
 from trainer.corpus import Corpus
+from trainer.defaults import Shape, resolve
 from trainer.embeddings import Embeddings
 from trainer.model import ItemEmbeddings
 
@@ -42,14 +44,21 @@ def train(
     show_progress: bool = True,
     checkpoint: Path | None = None,
     resume: bool = False,
+    after_epoch: Callable[[Embeddings], bool] | None = None,
 ) -> Embeddings:
     """Train; with ``checkpoint`` the model, optimiser and random states are saved there after
     every epoch, and ``resume`` continues from that file with the same result as a run that
     was never interrupted. Started by torchrun, this process trains its share of every step
-    with the other ranks (every rank returns the same embeddings)."""
+    with the other ranks (every rank returns the same embeddings). ``after_epoch`` sees the
+    tables after each epoch and may stop training by returning True (early stopping on a
+    holdout: trainer/holdout.py). Auto settings still 0 are chosen from the corpus here (the
+    pipeline chooses them from the ratings before, and records why)."""
+    if config.unresolved:
+        config, _ = resolve(config, Shape.of_baskets(corpus.baskets), early_stopping=False)
     device = distributed.device(config.device)
     with distributed.process_group(device) as (rank, world):
-        return _train(corpus, config, device, rank, world, show_progress, checkpoint, resume)
+        return _train(corpus, config, device, rank, world, show_progress, checkpoint, resume,
+                      after_epoch)  # fmt: skip
 
 
 def _train(
@@ -61,6 +70,7 @@ def _train(
     show_progress: bool,
     checkpoint: Path | None,
     resume: bool,
+    after_epoch: Callable[[Embeddings], bool] | None,
 ) -> Embeddings:
     _reuse_freed_memory()
     torch.manual_seed(config.seed)  # every rank starts from the same tables and draws the same
@@ -72,8 +82,10 @@ def _train(
         f = corpus.features
         features = (torch.from_numpy(f.indptr), torch.from_numpy(f.indices), len(f.names))
     model = ItemEmbeddings(len(corpus.movies), config.dim, features).to(device)
-    # fused: one kernel over all parameters, 5.6x faster than the default at 60k x 256
-    optimizer = torch.optim.Adam(model.parameters(), config.lr, fused=True)
+    # fused: one kernel over all parameters, 5.6x faster than the default at 60k x 256;
+    # AdamW with weight_decay 0 is Adam
+    decay = config.weight_decay if config.objective == "cbow" else 0.0
+    optimizer = torch.optim.AdamW(model.parameters(), config.lr, weight_decay=decay, fused=True)
     steps = objective(corpus, config, device, rank, world)
     losses: list[float] = []  # per epoch
     saved = distributed.broadcast_file(checkpoint, device) if resume and checkpoint else None
@@ -114,11 +126,18 @@ def _train(
             log.debug("epoch %d/%d: loss %.4f", epoch + 1, config.epochs, losses[-1])
             if checkpoint is not None and rank == 0:
                 _save(checkpoint, config, model, optimizer, rng, losses)
-    seconds = time.perf_counter() - start
-    log.info("trained in %.1fs, final loss %.4f", seconds, total / max(seen, 1))
+            if after_epoch is not None and after_epoch(_tables(model, start, losses, world)):
+                break  # every rank has the same tables, so every rank stops here
+    embeddings = _tables(model, start, losses, world)
+    log.info("trained in %.1fs, final loss %.4f", embeddings.seconds, total / max(seen, 1))
+    return embeddings
+
+
+def _tables(model: ItemEmbeddings, start: float, losses: list[float], world: int) -> Embeddings:
     inp, out, bias = (t.detach().cpu().numpy().copy() for t in model.item_tables())
-    return Embeddings(inp=inp, out=out, bias=bias, seconds=seconds, losses=tuple(losses),
-                      world_size=world, device=device.type)  # fmt: skip
+    device = next(model.parameters()).device.type
+    return Embeddings(inp=inp, out=out, bias=bias, seconds=time.perf_counter() - start,
+                      losses=tuple(losses), world_size=world, device=device)  # fmt: skip
 
 
 def _deterministic(device: torch.device) -> None:
