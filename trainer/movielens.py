@@ -13,6 +13,7 @@ traceback from inside pandas.
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ import pandas as pd
 from movierec.artifacts import Movie
 from movierec.errors import DataError
 
+log = logging.getLogger(__name__)
 RATING_COLUMNS = ["user_id", "movie_id", "rating", "timestamp"]
 # ml-100k's u.genre, in flag order (used when u.genre itself is absent).
 GENRES_100K = [
@@ -81,15 +83,28 @@ def load(
     catalogue = _MOVIE_READERS[layout](movies_path)
     table = _read_ratings(ratings_path, layout)
     known = np.isin(table["movie_id"].to_numpy(), [m.movie_id for m in catalogue])
-    if not known.all():
+    if not known.all():  # kept: the movie gets a catalogue entry titled by its id
         first = int(np.flatnonzero(~known)[0])
-        raise DataError(
-            f"{ratings_path}:{_line(layout, first)}: movie {table['movie_id'].iat[first]} is not "
-            f"in {movies_path.name} ({int((~known).sum())} ratings name unknown movies)"
-        )
+        log.warning(
+            "%s: %d ratings name movies that are not in %s (first: movie %d at line %d); "
+            "kept, titled by their id", ratings_path, int((~known).sum()), movies_path.name,
+            table["movie_id"].iat[first], _line(layout, first),
+        )  # fmt: skip
     if table.empty:
         raise DataError(f"{ratings_path}: no ratings")
     return MovieLens(ratings=table, movies=catalogue, layout=layout)
+
+
+def files(folder: Path) -> tuple[str, Path, Path]:
+    """(layout, ratings file, movies file) of a MovieLens folder."""
+    layout = detect_layout(folder)
+    ratings, movies = _FILES[layout]
+    return layout, Path(folder) / ratings, Path(folder) / movies
+
+
+def read_movies(path: Path, layout: str) -> list[Movie]:
+    """A MovieLens movies file of the given layout."""
+    return _MOVIE_READERS[layout](Path(path))
 
 
 def read_ratings(path: Path) -> pd.DataFrame:
