@@ -20,7 +20,7 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +45,11 @@ _COMMAND_EXTRAS = {**dict.fromkeys(("train", "evaluate", "report", "sample", "de
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = _parser()
+    try:
+        parser = _parser(_train_file(argv))
+    except UsageError as e:  # a --config file that cannot work
+        print(f"movierec train: error: {e}", file=sys.stderr)
+        return 1
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # to re-run it under torchrun
     configure_logging(logging.DEBUG if args.verbose else logging.INFO, args.log_format == "json")
@@ -85,11 +89,21 @@ def _train_config(args: argparse.Namespace) -> Any:
 
 def _train(args: argparse.Namespace) -> int:
     from trainer import distributed
+    from trainer.interactions import Columns
     from trainer.pipeline import run_training
 
     config = _train_config(args)
+    if args.out is None:
+        raise UsageError("--out is required (the artifact directory to write)")
     if args.resume and args.checkpoint is None:
         raise UsageError("--resume needs --checkpoint")
+    if (args.data is None) == (args.interactions is None):
+        raise UsageError("give --data DIR (a MovieLens folder) or --interactions FILE")
+    if args.items is not None and args.interactions is None:
+        raise UsageError("--items goes with --interactions")
+    columns = Columns(**{name: getattr(args, f"{name}_col") for name in _COLUMNS})
+    if args.data is not None and columns != Columns():
+        raise UsageError("--*-col flags name the columns of --interactions/--items files")
     if args.nproc_per_node < 1:
         raise UsageError(f"--nproc-per-node must be at least 1, got {args.nproc_per_node}")
     if args.nproc_per_node > 1 and args.tune is not None:
@@ -111,8 +125,9 @@ def _train(args: argparse.Namespace) -> int:
         args.out,
         config,
         data=args.data,
-        ratings=args.ratings,
-        movies=args.movies,
+        interactions=args.interactions,
+        items=args.items,
+        columns=columns,
         show_progress=not args.quiet,
         checkpoint=args.checkpoint,
         resume=args.resume,
@@ -120,20 +135,43 @@ def _train(args: argparse.Namespace) -> int:
     )
     if manifest is None:  # another rank wrote it
         return 0
+    print(_data_summary(manifest["training"].get("data", {})))
     if "tune" in manifest["training"]:
         from trainer.tune import table
 
         print(table(manifest["training"]["tune"]))
     counts = manifest["counts"]
     world = manifest["training"].get("world_size", 1)
+    unindexed = counts["catalogue"] - counts["movies"]
     print(
-        f"wrote {args.out}: model {manifest['model_version']}, {counts['movies']} movies, "
-        f"{counts['users']} users, dim {manifest['dim']}, "
+        f"wrote {args.out}: model {manifest['model_version']}, {counts['movies']} movies "
+        f"indexed"
+        + (f" ({unindexed} more catalogued without a vector)" if unindexed else "")
+        + f", {counts['users']} users, dim {manifest['dim']}, "
         f"trained in {manifest['settings']['train_seconds']:.1f}s"
         f" on {manifest['training'].get('device', 'cpu')}"
         + (f" in {world} processes" if world > 1 else "")
     )
     return 0
+
+
+def _data_summary(facts: dict[str, Any]) -> str:
+    """'read 7 interactions (implicit: ...) of 3 users and 3 items; ...' from the manifest."""
+    if not facts:
+        return "read the data"
+    line = f"read {facts['interactions']:,} interactions of {facts['users']:,} users and " \
+        f"{facts['items']:,} items"  # fmt: skip
+    if facts.get("implicit"):
+        line += (f" (no rating column: every row a positive; {facts['repeats_merged']:,} "
+                 "repeats of a user and item added weight)")  # fmt: skip
+    unknown = facts.get("items_without_metadata", 0)
+    if unknown == facts["items"]:
+        line += "; no items file: items are titled by their id"
+    elif unknown:
+        line += (f"; {unknown:,} items not in the items file (named by "
+                 f"{facts['interactions_without_metadata']:,} interactions) kept, titled by "
+                 "their id")  # fmt: skip
+    return line
 
 
 def _download(args: argparse.Namespace) -> int:
@@ -468,6 +506,71 @@ def _years(text: str) -> tuple[int, int]:
         raise argparse.ArgumentTypeError(f"expected years like 1990-1999, got {text!r}") from None
 
 
+# train --interactions/--items column flags (--user-col ...) and what is looked for without
+# them (trainer.interactions and trainer.items list the names)
+_COLUMNS = {
+    "user": "user_id, userId, user, ...",
+    "item": "item_id, itemId, movie_id, movieId, item, ... (items file: also id)",
+    "rating": "rating or stars; none: implicit ('' ignores one)",
+    "time": "timestamp, time, ts, ...; none: file order ('' ignores one)",
+    "title": "title or name (items file)",
+    "genres": "genres, genre, categories or category (items file)",
+    "year": "year or release_year (items file); none: a year in the title",
+}
+_PATH_SETTINGS = ("interactions", "items", "data", "out", "checkpoint")
+
+
+def _train_file(argv: Sequence[str] | None) -> dict[str, Any]:
+    """The settings in ``train --config FILE``, read before the command line is parsed so
+    that they become the defaults the flags override. Relative paths in it are relative to
+    the file."""
+    import tomllib
+
+    words = list(sys.argv[1:] if argv is None else argv)
+    if "train" not in words:
+        return {}
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config", type=Path)
+    path = pre.parse_known_args(words[words.index("train") + 1 :])[0].config
+    if path is None:
+        return {}
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise UsageError(f"{path}: cannot be read ({e.strerror})") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise UsageError(f"{path}: not valid TOML: {e}") from None
+    settings = {key.replace("-", "_"): value for key, value in raw.items()}
+    for key in _PATH_SETTINGS:
+        if isinstance(settings.get(key), str):
+            settings[key] = str(path.parent / settings[key])  # absolute paths stay absolute
+    settings["config"] = str(path)
+    return settings
+
+
+def _apply_file_settings(p: argparse.ArgumentParser, settings: Mapping[str, Any]) -> None:
+    """Make a --config file's settings the train command's defaults, refusing a key that is
+    no option of it or a value of the wrong type."""
+    actions = {a.dest: a for a in p._actions if a.dest not in ("help", argparse.SUPPRESS)}
+    where = settings.get("config", "--config")
+    for key, value in settings.items():
+        action = actions.get(key)
+        if action is None:
+            raise UsageError(
+                f"{where}: {key!r} is not a train option; use one of {', '.join(sorted(actions))}"
+            )
+        flag = action.option_strings[0]
+        if isinstance(value, bool):
+            ok = isinstance(action.default, bool)
+        elif isinstance(value, int | float):
+            ok = action.type is float or (action.type is int and isinstance(value, int))
+        else:
+            ok = isinstance(value, str)
+        if not ok:
+            raise UsageError(f"{where}: {key} = {value!r} does not fit {flag}")
+    p.set_defaults(**settings)
+
+
 def _add_train_options(p: argparse.ArgumentParser) -> None:
     from trainer.config import options
 
@@ -527,7 +630,9 @@ def _add_serve_options(p: argparse.ArgumentParser) -> None:
                            help=help_text + (f" (env {env})" if env else ""))  # fmt: skip
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(train_file: Mapping[str, Any] | None = None) -> argparse.ArgumentParser:
+    """The whole command line; ``train_file`` holds the settings of ``train --config``."""
+    train_file = train_file or {}
     parser = argparse.ArgumentParser(prog="movierec", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument("--version", action="version", version=f"movierec {__version__}")
@@ -549,11 +654,29 @@ def _parser() -> argparse.ArgumentParser:
         p.set_defaults(handler=handler)
         return p
 
-    p = command("train", _train, "train embeddings on MovieLens data and export artifacts")
+    p = command(
+        "train", _train, "train embeddings on your interactions or MovieLens, export artifacts"
+    )
+    p.add_argument(
+        "--config", type=Path, metavar="FILE",
+        help="a TOML file of these options (keys as the flags: interactions = \"log.csv\", "
+        "user_col = \"visitor\", epochs = 20); flags given as well win",
+    )  # fmt: skip
     p.add_argument("--data", type=Path, help="a MovieLens folder (layout detected)")
-    p.add_argument("--ratings", type=Path, help="explicit ratings file (with --movies)")
-    p.add_argument("--movies", type=Path, help="explicit movies file (with --ratings)")
-    p.add_argument("--out", type=Path, required=True, help="artifact directory to write")
+    p.add_argument(
+        "--interactions", type=Path, metavar="FILE",
+        help="who interacted with what: CSV, TSV or Parquet with a header; without a rating "
+        "column every row is a positive and repeats add weight",
+    )  # fmt: skip
+    p.add_argument(
+        "--items", type=Path, metavar="FILE",
+        help="optional catalogue for --interactions: an id column, optionally title, genres "
+        "('|'-separated), year",
+    )  # fmt: skip
+    for name, found in _COLUMNS.items():
+        p.add_argument(f"--{name}-col", metavar="NAME", help=f"column name; default: {found}")
+    p.add_argument("--out", type=Path, required=not train_file.get("out"),
+                   help="artifact directory to write")  # fmt: skip
     p.add_argument("--checkpoint", type=Path, help="save training state here after every epoch")
     p.add_argument("--resume", action="store_true", help="continue from --checkpoint if it exists")
     p.add_argument(
@@ -570,6 +693,7 @@ def _parser() -> argparse.ArgumentParser:
         "1h; 10m if not given), then train on all of it with the best",
     )
     _add_train_options(p)
+    _apply_file_settings(p, train_file)
 
     p = command("evaluate", _evaluate, "score a model under docs/EVALUATION.md (recall, NDCG, ...)")
     p.add_argument("--artifacts", type=Path, help="a trained artifact directory")
@@ -625,7 +749,8 @@ def _parser() -> argparse.ArgumentParser:
         help="write the events as a ratings.csv the trainer reads",
         description="Write the recorded events as a MovieLens ratings.csv (WATCH: its stars, "
         "else 4.0; LIKE 5.0; DISLIKE 0.5; one row per user and movie, from the latest event), "
-        "after the rows of --base if given: train on it with --ratings OUT --movies movies.csv.",
+        "after the rows of --base if given: train on it with --interactions OUT --items "
+        "movies.csv.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.set_defaults(handler=_events_export)

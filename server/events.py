@@ -186,8 +186,8 @@ def event_rating(event: Event) -> float:
 def export_events(url: str | None, out: Path, base: Path | None = None) -> int:
     """Write the store's events to ``out`` as a MovieLens ratings.csv
     (``userId,movieId,rating,timestamp``), after the rows of ``base`` (an existing
-    ratings.csv) if given, so ``movierec train --ratings OUT --movies movies.csv`` learns from
-    both. Each (user, movie) gives one row, from the user's latest event on that movie (a
+    ratings.csv) if given, so ``movierec train --interactions OUT --items movies.csv`` learns
+    from both. Each (user, movie) gives one row, from the user's latest event on that movie (a
     dislike after a watch is a dislike), stars as ``event_rating``, ids as stored (the trainer
     needs integer ids). Streams in bounded memory (one user's events at a time) and replaces
     ``out`` only when complete. Returns the number of rows written from events."""

@@ -108,10 +108,6 @@ def test_read_ratings_alone(tmp_path: Path) -> None:
             "ratings.csv: cannot be parsed",
         ),
         (
-            {"movies.csv": CSV_MOVIES, "ratings.csv": CSV_RATINGS + "3,99,4,5\n"},
-            "ratings.csv:5: movie 99 is not in movies.csv",
-        ),
-        (
             {"movies.csv": CSV_MOVIES, "ratings.csv": "userId,movieId,rating,timestamp\n"},
             "ratings.csv: no ratings",
         ),
@@ -143,6 +139,16 @@ def test_bad_input_names_file_and_line(tmp_path: Path, files: dict[str, str], me
     with pytest.raises(DataError) as e:
         load(tmp_path)
     assert message in str(e.value)
+
+
+def test_a_rating_of_a_movie_missing_from_movies_csv_is_kept(tmp_path: Path, caplog) -> None:
+    """It used to refuse the whole run; the movie now gets an entry titled by its id."""
+    write(tmp_path, {"movies.csv": CSV_MOVIES, "ratings.csv": CSV_RATINGS + "3,99,4,5\n"})
+    data = load(tmp_path)
+    assert data.ratings["movie_id"].tolist()[-1] == 99
+    assert "1 ratings name movies that are not in movies.csv (first: movie 99 at line 5)" in (
+        caplog.text
+    )
 
 
 def test_missing_folder(tmp_path: Path) -> None:

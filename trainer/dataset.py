@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from movierec.artifacts import Key, Movie
 from movierec.errors import DataError
@@ -27,6 +28,8 @@ from trainer.tables import open_table
 
 log = logging.getLogger(__name__)
 _MOVIELENS_SUFFIXES = (".dat", ".data")  # ml-1m/ml-10m ratings.dat, ml-100k u.data
+IMPLICIT = "implicit"  # to_movielens's layout for a log without ratings
+IMPLICIT_STARS = 4.0  # what an implicit row is worth (trainer.corpus explains)
 
 
 @dataclass(frozen=True)
@@ -70,16 +73,40 @@ def from_movielens(data: movielens.MovieLens, source: str = "") -> Dataset:
     r = data.ratings
     user_ids, users = np.unique(r["user_id"].to_numpy(np.int64), return_inverse=True)
     item_ids, items = np.unique(r["movie_id"].to_numpy(np.int64), return_inverse=True)
+    implicit = data.layout == IMPLICIT  # from to_movielens
     x = Interactions(
         users=users.astype(np.int32),
         items=items.astype(np.int32),
-        ratings=r["rating"].to_numpy(np.float32, copy=True),  # writable: sorted in place
+        ratings=None if implicit else r["rating"].to_numpy(np.float32, copy=True),  # writable
         times=r["timestamp"].to_numpy(np.float64, copy=True),
         user_ids=user_ids,
         item_ids=item_ids,
         columns={"user": "user_id", "item": "movie_id", "rating": "rating", "time": "timestamp"},
     )
     return _join(x, data.movies, source or data.layout)
+
+
+def to_movielens(data: Dataset) -> movielens.MovieLens:
+    """The dataset as a MovieLens ratings table, for code that works on one (early
+    stopping's holdout, --tune): ids are the codes (any id kind becomes an integer), an
+    implicit log's rows are rated IMPLICIT_STARS with layout "implicit" (``from_movielens``
+    then merges repeats again), without times the file's order stands in."""
+    x = data.interactions
+    code = {k: i for i, k in enumerate(x.item_ids.tolist())}
+    others = iter(range(len(code), len(code) + len(data.catalogue)))
+    movies = [replace(m, movie_id=code.get(m.movie_id, -1)) for m in data.catalogue]
+    movies = [m if m.movie_id != -1 else replace(m, movie_id=next(others)) for m in movies]
+    stars = x.ratings if x.ratings is not None else np.full(len(x), IMPLICIT_STARS, np.float32)
+    times = x.times if x.times is not None else np.arange(len(x), dtype=np.float64)
+    ratings = pd.DataFrame(
+        {
+            "user_id": x.users.astype(np.int64),
+            "movie_id": x.items.astype(np.int64),
+            "rating": stars,
+            "timestamp": times,
+        }
+    )
+    return movielens.MovieLens(ratings, movies, IMPLICIT if x.ratings is None else "interactions")
 
 
 def _movielens_folder(folder: Path) -> Dataset:

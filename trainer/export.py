@@ -82,7 +82,8 @@ def export(
     # with what the pipeline records: the settings chosen from the data and why, a search
     training = {"loss": [round(x, 6) for x in embeddings.losses],
                 "world_size": embeddings.world_size, "device": embeddings.device,
-                **(record or {})}  # fmt: skip
+                **(record or {}), "data": corpus.facts}  # fmt: skip
     return write_artifacts(out, movies=corpus.movies, vectors=vectors, index=index,
                            histories=corpus.histories, settings=settings,
-                           aggregation=aggregation, training=training)  # fmt: skip
+                           aggregation=aggregation, training=training,
+                           unindexed=corpus.unindexed)  # fmt: skip
