@@ -32,7 +32,7 @@ from movierec.errors import DataError
 from trainer.tables import Table, find_column, open_table, require_column
 
 # Looked for, in this order, when a column is not named: what common logs call them.
-USER_COLUMNS = ("user_id", "userId", "user", "visitor_id", "customer_id", "session_id")
+USER_COLUMNS = ("user_id", "userId", "user", "visitor", "visitor_id", "customer_id", "session_id")
 ITEM_COLUMNS = ("item_id", "itemId", "movie_id", "movieId", "item", "movie", "product_id", "sku")
 RATING_COLUMNS = ("rating", "stars")
 TIME_COLUMNS = ("timestamp", "time", "ts", "event_time", "datetime")
