@@ -137,7 +137,8 @@ def implicit_stars(count: npt.NDArray[np.int64]) -> npt.NDArray[np.float32]:
     1 + alpha log(1 + r / eps)), so a user who replays one item a thousand times does not
     outweigh the rest of their history: a cbow target weighs 1 + rating_weight * log2(count),
     an ALS confidence is alpha * (4 + log2(count))."""
-    stars: npt.NDArray[np.float32] = (IMPLICIT_STARS + np.log2(count)).astype(np.float32)
+    stars: npt.NDArray[np.float32] = np.log2(count, dtype=np.float32)
+    stars += IMPLICIT_STARS
     return stars
 
 
@@ -149,20 +150,27 @@ def _entries(
 ]:  # fmt: skip
     """(users, items, stars, order key) per entry. Explicit data: one entry per row, the key
     its time (None: file order). Implicit: one entry per (user, item) pair, starred by how
-    often it occurs, keyed by its first time (or first row)."""
+    often it occurs, keyed by its first time (or first row); the dataset's rows are reordered
+    in place (a permutation) to find the pairs."""
     if x.ratings is not None:
         return x.users, x.items, x.ratings, x.times
-    order = np.lexsort((x.items, x.users))  # stable: a pair's rows stay in file order
-    users, items = x.users[order], x.items[order]
-    new = np.ones(len(order), bool)
-    new[1:] = (users[1:] != users[:-1]) | (items[1:] != items[:-1])
+    # Sort by (user, item) in place, file order kept within a pair: a pair's rows are then
+    # adjacent, its first row first.
+    rows = np.arange(len(x), dtype=np.int64) if x.times is None else None
+    columns = [c for c in (x.users, x.items, x.times, rows) if c is not None]
+    _permute(columns, np.argsort(x.items, kind="stable"))
+    _permute(columns, np.argsort(x.users, kind="stable"))
+    new = np.ones(len(x), bool)
+    new[1:] = (x.users[1:] != x.users[:-1]) | (x.items[1:] != x.items[:-1])
+    key = x.times if x.times is not None else rows
+    assert key is not None
+    if new.all():  # no repeats: every row is an entry, as it is
+        return x.users, x.items, np.full(len(x), IMPLICIT_STARS, np.float32), key
     starts = np.flatnonzero(new)
     del new
-    count = np.diff(np.append(starts, len(order)))
-    first = order[starts]  # the pair's first row in the file
-    key = np.minimum.reduceat(x.times[order], starts) if x.times is not None else first
-    del order
-    return users[starts], items[starts], implicit_stars(count), key
+    count = np.diff(starts, append=len(x))
+    key = np.minimum.reduceat(key, starts)  # the pair's first time (or row)
+    return x.users[starts], x.items[starts], implicit_stars(count), key
 
 
 def _sort(
