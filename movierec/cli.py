@@ -3,6 +3,7 @@ querying never load torch or pandas.
 
     movierec demo                                   # sample -> train -> serve, the quickstart
     movierec train --data DIR --out ARTIFACTS       # any MovieLens layout, detected
+    movierec train --interactions FILE [--items FILE] --out ARTIFACTS  # your own log
     movierec serve --artifacts ARTIFACTS --port 50051
     movierec recommend --target localhost:50051 --user 1 -k 10
     movierec similar --target localhost:50051 --movie 1 -k 10
@@ -156,20 +157,24 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _data_summary(facts: dict[str, Any]) -> str:
-    """'read 7 interactions (implicit: ...) of 3 users and 3 items; ...' from the manifest."""
+    """'read 7 interactions of 3 users and 3 items (...); ...' from the manifest's facts."""
     if not facts:
         return "read the data"
-    line = f"read {facts['interactions']:,} interactions of {facts['users']:,} users and " \
-        f"{facts['items']:,} items"  # fmt: skip
+
+    def n(count: int, noun: str) -> str:
+        return f"{count:,} {noun}{'' if count == 1 else 's'}"
+
+    line = f"read {n(facts['interactions'], 'interaction')} of {n(facts['users'], 'user')} " \
+        f"and {n(facts['items'], 'item')}"  # fmt: skip
     if facts.get("implicit"):
-        line += (f" (no rating column: every row a positive; {facts['repeats_merged']:,} "
-                 "repeats of a user and item added weight)")  # fmt: skip
+        line += (f" (no rating column: every row a positive; {n(facts['repeats_merged'], 'repeat')}"
+                 " of a user and item added weight)")  # fmt: skip
     unknown = facts.get("items_without_metadata", 0)
     if unknown == facts["items"]:
         line += "; no items file: items are titled by their id"
     elif unknown:
-        line += (f"; {unknown:,} items not in the items file (named by "
-                 f"{facts['interactions_without_metadata']:,} interactions) kept, titled by "
+        line += (f"; {n(unknown, 'item')} not in the items file (named by "
+                 f"{n(facts['interactions_without_metadata'], 'interaction')}) kept, titled by "
                  "their id")  # fmt: skip
     return line
 
