@@ -103,14 +103,16 @@ def build_corpus(data: Dataset | MovieLens, like_threshold: float, min_count: in
     rows = row_of[items]
     del items
     indexed = rows >= 0
-    users, rows, stars = users[indexed], rows[indexed], stars[indexed]
+    if not indexed.all():  # (no copies when every movie has a row)
+        users, rows, stars = users[indexed], rows[indexed], stars[indexed]
     del indexed
     indptr, first = _csr(users)
     histories = Histories(user_ids=x.user_ids[users[first]], indptr=indptr, rows=rows,
                           ratings=stars)  # fmt: skip
     liked = stars >= like_threshold
-    indptr, _ = _csr(users[liked])
-    baskets = Baskets(indptr, rows[liked].astype(np.int64), stars[liked])
+    per_user = np.add.reduceat(liked, first, dtype=np.int64) if len(first) else first
+    basket_indptr = np.append(0, np.cumsum(per_user[per_user > 0]))  # users who liked any
+    baskets = Baskets(basket_indptr.astype(np.int64), rows[liked].astype(np.int64), stars[liked])
     facts = {
         "interactions": len(x),
         "users": len(x.user_ids),
