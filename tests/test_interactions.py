@@ -297,6 +297,17 @@ def test_a_movielens_folder_keeps_unknown_and_unrated_movies(tmp_path: Path) -> 
     assert [(m.movie_id, m.title) for m in corpus.unindexed] == [(3, "Unrated (1992)"), (99, "99")]
 
 
+def test_movielens_dat_files_by_flag(tmp_path: Path) -> None:
+    """--interactions ratings.dat --items movies.dat: the '::' layout, detected by name."""
+    (tmp_path / "movies.dat").write_bytes(
+        "1::Cité (1995)::Drama\n2::B (1996)::War\n".encode("latin-1")
+    )
+    (tmp_path / "ratings.dat").write_text("1::1::5::10\n1::2::4::11\n2::1::4::12\n")
+    data = load_dataset(interactions=tmp_path / "ratings.dat", items=tmp_path / "movies.dat")
+    assert [m.title for m in data.catalogue] == ["Cité (1995)", "B (1996)"]
+    assert data.interactions.user_ids.tolist() == [1, 2] and len(data.interactions) == 3
+
+
 WHEN = {"time": "when"}  # not one of the names looked for
 LOG = "user_id,sku,stars,when\nu1,A,4,2024-01-01\nu2,B,5,1700000000\n"
 

@@ -65,8 +65,8 @@ def build_corpus(data: Dataset | MovieLens, like_threshold: float, min_count: in
     for models whose side information gives unrated movies a vector. Catalogued movies left
     out are kept as ``unindexed`` (the server still describes them).
 
-    Explicit data's rows are sorted in place (each user's in time order): the dataset means
-    the same afterwards, and 25M rows are not held twice.
+    The dataset's rows are reordered in place (a permutation of all its columns, so it means
+    the same afterwards): 25M rows are not held twice.
 
     Implicit data (no rating column): each (user, item) pair counts once, as
     IMPLICIT_STARS + log2(times it occurs) stars, so a single interaction is a plain "liked"
