@@ -16,7 +16,7 @@ dict, the rows' own strings never become Python objects.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -147,8 +147,11 @@ class IdColumn:
         if len(bad):
             row = offset + _first(pc.equal(indices, int(bad[0])))
             value = dictionary[int(bad[0])].as_py()
-            what = "an empty id" if not value else f"an id of {len(value)} characters " \
-                f"({value[:20]!r}...; at most {MAX_ID_CHARS})"  # fmt: skip
+            what = "an empty id"
+            if value:
+                what = (
+                    f"an id of {len(value)} characters ({value[:20]!r}...; at most {MAX_ID_CHARS})"
+                )
             raise DataError(f"{self.table.where(row)}: column {self.column!r} has {what}")
 
     def finish(self) -> tuple[npt.NDArray[Any], npt.NDArray[np.int32]]:
@@ -257,7 +260,7 @@ def _bad(table: Table, row: int, column: str, value: object, expected: str) -> D
     return DataError(f"{table.where(row)}: column {column!r} has {value!r}, expected {expected}")
 
 
-def _first_failure(values: pa.Array, convert: Any) -> int:
+def _first_failure(values: pa.Array, convert: Callable[[pa.Array], object]) -> int:
     """The first element ``convert`` refuses, by bisection: pyarrow's own rules, O(log n)
     conversions."""
     lo, hi = 0, len(values)

@@ -38,10 +38,6 @@ class Table:
     columns: list[str]  # the header, in file order
     delimiter: str | None  # None: Parquet
 
-    @property
-    def is_parquet(self) -> bool:
-        return self.delimiter is None
-
     def batches(
         self, wanted: Sequence[str], dictionary: Sequence[str] = ()
     ) -> Iterator[pa.RecordBatch]:
