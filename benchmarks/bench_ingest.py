@@ -4,6 +4,7 @@ with each step's time and peak memory, and the Parquet readers compared.
     python benchmarks/bench_ingest.py --generated 25m --workdir /tmp/ingest   # ~4 min to make
     python benchmarks/bench_ingest.py --data ../shared/data/ml-latest-small
     python benchmarks/bench_ingest.py --interactions log.parquet --readers
+    pip install polars   # --readers only: a benchmark-only dependency, as gensim is for bench_train
 
 ``--generated`` writes the built-in generator's dataset in ml-25m's shape once into
 ``--workdir`` (ratings.csv + movies.csv, as ``bench_train.py --generated 25m`` trains on), the
