@@ -91,6 +91,7 @@ class CallGuard:
 
         async def guarded(request: Any, context: Context) -> Any:
             start = time.perf_counter()
+            peer = context.peer()  # now: the done callback's context may no longer have a call
             code: grpc.StatusCode | None = grpc.StatusCode.OK
             admitted = False
             try:
@@ -112,7 +113,7 @@ class CallGuard:
                 code = None  # accounted once grpc has sent it, or failed to
 
                 def done(ctx: Any) -> None:
-                    self._account(path, _sent(ctx), start, request, ctx, is_health)
+                    self._account(path, _sent(ctx), start, request, peer, is_health)
 
                 context.add_done_callback(done)  # type: ignore[arg-type]  # stubs want a class
                 return response
@@ -137,7 +138,7 @@ class CallGuard:
                     self.inflight -= 1
                     self.metrics.inflight.dec()
                 if code is not None:
-                    self._account(path, code, start, request, context, is_health)
+                    self._account(path, code, start, request, peer, is_health)
 
         return guarded
 
@@ -149,6 +150,7 @@ class CallGuard:
 
         async def guarded(request: Any, context: Context) -> AsyncIterator[Any]:
             start = time.perf_counter()
+            peer = context.peer()
             code = grpc.StatusCode.OK
             try:
                 if not is_health:
@@ -172,12 +174,12 @@ class CallGuard:
                 code = grpc.StatusCode.INTERNAL
                 await context.abort(code, "internal error; see the server log")
             finally:
-                self._account(path, code, start, None, context, is_health)
+                self._account(path, code, start, None, peer, is_health)
 
         return guarded
 
     def _account(
-        self, path: str, code: grpc.StatusCode, start: float, request: Any, context: Context,
+        self, path: str, code: grpc.StatusCode, start: float, request: Any, peer: str,
         is_health: bool,
     ) -> None:  # fmt: skip
         seconds = time.perf_counter() - start
@@ -191,7 +193,7 @@ class CallGuard:
                                    "the last report", self._shed)  # fmt: skip
                 self._shed, self._shed_logged = 0, start
             return
-        k, peer = getattr(request, "k", None), context.peer()
+        k = getattr(request, "k", None)
         access_log.info(
             "%s %s %.2fms k=%s peer=%s", path, code.name, seconds * 1e3, k, peer,
             extra={"method": path, "code": code.name, "ms": round(seconds * 1e3, 3), "k": k,
