@@ -27,7 +27,7 @@ from movierec.errors import DataError
 from server.app import RunningServer, build_server
 from server.recommender import Recommender
 from trainer.corpus import _sort, build_corpus
-from trainer.dataset import load_dataset
+from trainer.dataset import load_dataset, to_movielens
 from trainer.interactions import Columns
 from trainer.sample import Sample
 
@@ -72,8 +72,9 @@ def write_log(sample: Sample, folder: Path) -> Path:
 def own(sample: Sample, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Artifacts trained by `movierec train` from the log and items file above."""
     folder = write_log(sample, tmp_path_factory.mktemp("own"))
-    args = ["train", "--interactions", str(folder / "events.csv"), "--items",
-            str(folder / "items.csv"), *COLUMNS, "--out", str(folder / "art"), *TRAIN]  # fmt: skip
+    # default epochs: early stopping's holdout runs on this log too (trainer.dataset.to_movielens)
+    args = ["train", "--interactions", str(folder / "events.csv"), "--quiet", "--items",
+            str(folder / "items.csv"), *COLUMNS, "--out", str(folder / "art")]  # fmt: skip
     assert main(args) == 0
     return folder / "art"
 
@@ -90,6 +91,7 @@ def test_own_ids_are_trained_served_and_recommended(
 ) -> None:
     artifacts = read_artifacts(own)
     assert artifacts.manifest["ids"] == {"users": "str", "movies": "str"}
+    assert artifacts.manifest["training"]["auto"]["chosen"]["epochs"]["value"] >= 1
     data = artifacts.manifest["training"]["data"]
     assert data["implicit"] and data["items_without_metadata"] == 1
     assert data["repeats_merged"] == ((sample.ratings["rating"] >= 3.5).sum() + 3) // 4
@@ -213,6 +215,21 @@ def test_implicit_repeats_add_stars_and_order_by_first_time(tmp_path: Path) -> N
     # --like-threshold 5: only what a user came back to is liked.
     repeated = build_corpus(data, 5.0, 0)
     assert repeated.baskets.lengths.tolist() == [2]
+
+
+def test_to_movielens_and_back_gives_the_same_corpus(sample: Sample, tmp_path: Path) -> None:
+    """What early stopping's holdout and --tune train on: codes for ids, the implicit log
+    still merged."""
+    folder = write_log(sample, tmp_path)
+    columns = Columns(user="visitor", item="sku", time="when", title="label", genres="tags")
+    data = load_dataset(interactions=folder / "events.csv", items=folder / "items.csv",
+                        columns=columns)  # fmt: skip
+    table = to_movielens(data)
+    assert table.ratings["user_id"].dtype == np.int64 and len(table.movies) == 602
+    again, direct = build_corpus(table, 3.5, 3), build_corpus(data, 3.5, 3)
+    for x, y in zip(corpus_arrays(again)[1:], corpus_arrays(direct)[1:], strict=True):
+        np.testing.assert_array_equal(x, y)  # all but the user ids (codes there)
+    assert [m.title for m in again.movies] == [m.title for m in direct.movies]
 
 
 @settings(max_examples=60, deadline=None)
