@@ -221,12 +221,12 @@ def _closed_by_peer(s: socket.socket) -> bool:
 
 
 def test_admission_sheds_at_the_door(artifacts_dir: Path) -> None:
-    """300 callers against --max-inflight 8: the excess is refused (RESOURCE_EXHAUSTED), the
+    """300 callers against --max-inflight 4: the excess is refused (RESOURCE_EXHAUSTED), the
     admitted are served, nothing times out, and health still answers."""
     port = free_port()
-    proc = start_server(artifacts_dir, port, "--max-inflight", "8", "--workers", "1")
+    proc = start_server(artifacts_dir, port, "--max-inflight", "4", "--workers", "1")
     user = int(read_artifacts(artifacts_dir).histories.user_ids[0])
-    request = pb.RecommendRequest(user_id=user, k=200)
+    request = pb.RecommendRequest(user_id=user, k=1000)  # small to send, slow to answer
 
     async def flood() -> list[tuple[str, float]]:
         channels = [grpc.aio.insecure_channel(f"127.0.0.1:{port}") for _ in range(16)]
@@ -255,7 +255,7 @@ def test_admission_sheds_at_the_door(artifacts_dir: Path) -> None:
     refused = sorted(t for code, t in outcomes if code == "RESOURCE_EXHAUSTED")
     admitted = sorted(t for code, t in outcomes if code == "OK")
     assert {code for code, _ in outcomes} <= {"OK", "RESOURCE_EXHAUSTED"}
-    assert refused and len(admitted) >= 8
+    assert refused and len(admitted) >= 4
     # How fast refusals come back is a measurement, not a test on a shared 2-core machine:
     # benchmarks/bench_admission.py drives the server from a C load generator.
     assert len(refused) >= 10, (len(refused), len(admitted))
