@@ -332,3 +332,14 @@ def test_evaluate_a_split_in_the_dat_layout(sample, tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     scores = json.loads(result.stdout)
     assert scores["model"]["ndcg@10"] > scores["popularity"]["ndcg@10"]
+
+
+def test_readme_documents_every_serve_setting() -> None:
+    """README's operations table is written by hand: it must name every flag and variable."""
+    from server.options import settings
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    for name, _, _, _, env in settings():
+        assert f"`--{name.replace('_', '-')}" in readme, name
+        if env:
+            assert env in readme or env.rpartition("_")[2] in readme, env
