@@ -117,22 +117,11 @@ class CallGuard:
 
                 context.add_done_callback(done)  # type: ignore[arg-type]  # stubs want a class
                 return response
-            except _Abort as e:
-                code = e.code
-                await context.abort(e.code, e.message)
-            except StatusError as e:
-                code = grpc.StatusCode[e.code]
-                await context.abort(code, e.message)
-            except asyncio.CancelledError:
-                code = _cut_short(context)
-                raise
-            except grpc.aio.AbortError:
-                code = context.code() or grpc.StatusCode.UNKNOWN
-                raise
-            except Exception:
-                log.exception("%s failed", path)
-                code = grpc.StatusCode.INTERNAL
-                await context.abort(code, "internal error; see the server log")
+            except BaseException as e:
+                code, message = _ending(e, context, path)
+                if message is None:
+                    raise
+                await context.abort(code, message)
             finally:
                 if admitted:
                     self.inflight -= 1
@@ -160,19 +149,11 @@ class CallGuard:
                 requests = request if unary_request else _decoded(request)
                 async for response in behavior(requests, context):
                     yield response
-            except _Abort as e:
-                code = e.code
-                await context.abort(e.code, e.message)
-            except asyncio.CancelledError:
-                code = _cut_short(context)
-                raise
-            except grpc.aio.AbortError:
-                code = context.code() or grpc.StatusCode.UNKNOWN
-                raise
-            except Exception:
-                log.exception("%s failed", path)
-                code = grpc.StatusCode.INTERNAL
-                await context.abort(code, "internal error; see the server log")
+            except BaseException as e:
+                code, message = _ending(e, context, path)
+                if message is None:
+                    raise
+                await context.abort(code, message)
             finally:
                 self._account(path, code, start, None, peer, is_health)
 
@@ -252,6 +233,24 @@ async def _decoded(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
 def _expired(context: Context) -> bool:
     remaining = context.time_remaining()
     return remaining is not None and remaining <= 0
+
+
+def _ending(e: BaseException, context: Context, path: str) -> tuple[grpc.StatusCode, str | None]:
+    """The status a call ends with when its handler raised ``e``, and the message to abort
+    with; None: let ``e`` propagate (grpc has ended the call already, or the process is
+    stopping)."""
+    if isinstance(e, _Abort):
+        return e.code, e.message
+    if isinstance(e, StatusError):
+        return grpc.StatusCode[e.code], e.message
+    if isinstance(e, asyncio.CancelledError):
+        return _cut_short(context), None
+    if isinstance(e, grpc.aio.AbortError):
+        return context.code() or grpc.StatusCode.UNKNOWN, None
+    if not isinstance(e, Exception):
+        return grpc.StatusCode.UNKNOWN, None
+    log.error("%s failed", path, exc_info=e)
+    return grpc.StatusCode.INTERNAL, "internal error; see the server log"
 
 
 def _sent(context: Context) -> grpc.StatusCode:

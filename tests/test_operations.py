@@ -595,3 +595,21 @@ def test_admin_is_off_without_admin_tokens_and_reloads_are_single_flight(
     assert set(codes) == {"OK"}  # serving carries on through the flood
     assert len(set(versions)) == 1
     assert loads is not None and loads <= 10, loads  # joined, not queued 50 deep
+
+
+def test_an_unexpected_error_is_internal_logged_and_never_sent(
+    loop_thread: LoopThread, recommender: Recommender, caplog: pytest.LogCaptureFixture
+) -> None:
+    class Broken(Recommender):
+        def recommend(self, request, events=()):  # type: ignore[no-untyped-def]
+            raise RuntimeError("secret internals")
+
+    broken = Broken(recommender.artifacts)
+    with server(loop_thread, broken) as running, Client(f"127.0.0.1:{running.port}") as c:
+        with pytest.raises(StatusError) as e:
+            c.recommend(1)
+        assert c.health() == "SERVING"
+    assert e.value.code == "INTERNAL"
+    assert "secret" not in str(e.value) and "internal error" in str(e.value)
+    logged = [r for r in caplog.records if r.exc_info and "secret internals" in str(r.exc_info[1])]
+    assert logged and "Recommend failed" in logged[0].getMessage()
