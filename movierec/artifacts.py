@@ -265,6 +265,12 @@ def write_artifacts(
         _write_json_synced(tmp / MANIFEST, manifest)
         _fsync_dir(tmp)
         _replace_dir(tmp, out)
+    except (OSError, RuntimeError) as e:  # a full disk, a file-size limit (FAISS: RuntimeError)
+        shutil.rmtree(tmp, ignore_errors=True)
+        reason = str(e).strip().splitlines()[-1][:200]
+        raise ArtifactError(
+            f"{out}: cannot write the artifact ({reason}); disk full? Nothing was replaced"
+        ) from e
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

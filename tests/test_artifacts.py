@@ -144,7 +144,7 @@ def test_failed_write_keeps_the_previous_artifact(tmp_path: Path, monkeypatch) -
         raise OSError("disk full")
 
     monkeypatch.setattr(faiss, "write_index", crash)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(ArtifactError, match="cannot write the artifact .disk full.; disk full"):
         tiny(tmp_path / "a")
     assert read_artifacts(tmp_path / "a").model_version == first["model_version"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a"]  # no half-written leftovers

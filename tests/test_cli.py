@@ -343,3 +343,32 @@ def test_readme_documents_every_serve_setting() -> None:
         assert f"`--{name.replace('_', '-')}" in readme, name
         if env:
             assert env in readme or env.rpartition("_")[2] in readme, env
+
+
+def test_a_full_disk_during_export_is_one_line_and_keeps_the_old_artifact(
+    sample_dir: Path, tmp_path: Path
+) -> None:
+    """A file-size limit stands in for a full disk: writes fail with EFBIG part-way."""
+    import resource
+
+    out = tmp_path / "a"
+    first = run("movierec", "train", "--data", str(sample_dir), "--out", str(out), "--epochs",
+                "1", "--quiet")  # fmt: skip
+    assert first.returncode == 0, first.stderr
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def small_files() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))
+
+    full = subprocess.run(
+        [sys.executable, "-m", "movierec", "train", "--data", str(sample_dir), "--out", str(out),
+         "--epochs", "1", "--quiet", "--seed", "5"],
+        capture_output=True, text=True, timeout=120, env=ENV, preexec_fn=small_files,
+    )  # fmt: skip
+    assert full.returncode == 1
+    errors = [line for line in full.stderr.splitlines() if " INFO " not in line]
+    assert len(errors) == 1 and "cannot write the artifact" in errors[0], full.stderr
+    assert "Traceback" not in full.stderr
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a"]  # no half-written leftovers
