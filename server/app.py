@@ -31,7 +31,7 @@ from movierec.artifacts import read_artifacts
 from movierec.errors import UsageError
 from movierec.v1 import recommender_pb2, recommender_pb2_grpc
 from server.events import EventStore
-from server.guard import CallGuard
+from server.guard import MAX_STREAMS, CallGuard
 from server.observability import Metrics, start_metrics_server
 from server.options import ServerOptions
 from server.recommender import Recommender
@@ -41,9 +41,10 @@ from server.service import AdminServicer, RecommenderServicer
 log = logging.getLogger(__name__)
 SERVICE_NAMES = tuple(s.full_name for s in recommender_pb2.DESCRIPTOR.services_by_name.values())
 MAX_MESSAGE_BYTES = 1 << 20  # a 10,000-id history is ~100 kB; nothing legitimate nears 1 MiB
-# grpc itself sheds past max_inflight + this many calls, before they are decoded or reach
-# Python handlers (the cheapest refusal there is); the few between keep room for health
-# checks, which the guard never sheds (probes have the health-only listener besides).
+# grpc itself sheds past max_inflight + MAX_STREAMS + this many calls, before they are
+# decoded or reach Python handlers (the cheapest refusal there is); the guard caps unary
+# calls and streams separately, and the few between keep room for health checks, which the
+# guard never sheds (probes have the health-only listener besides).
 HEALTH_RESERVE = 4
 HANDSHAKE_TIMEOUT_MS = 5_000  # a connection that says nothing is closed after this
 
@@ -150,7 +151,7 @@ async def build_server(
     guard = CallGuard(metrics, tokens, admin_tokens, options.max_inflight)
     idle_ms = int(options.idle_timeout * 1000)
     server = grpc.aio.server(
-        maximum_concurrent_rpcs=options.max_inflight + HEALTH_RESERVE,
+        maximum_concurrent_rpcs=options.max_inflight + MAX_STREAMS + HEALTH_RESERVE,
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.so_reuseport", int(reuse_port)),  # else a port clash is an error

@@ -9,7 +9,8 @@ wrapped once at registration rather than intercepted per call. For each call, in
    admin token, whatever the client tokens are;
 3. deadlines: a call whose deadline has passed is not worked on (DEADLINE_EXCEEDED);
 4. admission: past ``max_inflight`` calls in progress a call is RESOURCE_EXHAUSTED at once,
-   so a burst is shed instead of queueing (health checks are never shed);
+   so a burst is shed instead of queueing (health checks are never shed); streams have their
+   own cap and (reflection's) a lifetime, so idle ones cannot take the calls' grpc slots;
 5. errors: a ``StatusError`` raised by the service becomes its status code; anything else is
    INTERNAL, logged here with its traceback and never sent;
 6. accounting: Prometheus metrics and one access log line, with the code the caller really
@@ -20,6 +21,7 @@ wrapped once at registration rather than intercepted per call. For each call, in
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -34,6 +36,8 @@ from server.security import Tokens
 
 log = logging.getLogger(__name__)
 SHED_LOG_SECONDS = 10.0  # one summary line at most this often while shedding
+MAX_STREAMS = 32  # streams open at once per process (health Watch, reflection)
+STREAM_LIFETIME_SECONDS = 60.0  # a reflection stream ends after this; health Watch does not
 HEALTH_SERVICE = health.SERVICE_NAME
 ADMIN_SERVICE = "movierec.v1.AdminService"
 
@@ -57,6 +61,7 @@ class CallGuard:
         self.admin_tokens = admin_tokens
         self.max_inflight = max_inflight
         self.inflight = 0
+        self.streams = 0
         self._shed, self._shed_logged = 0, -SHED_LOG_SECONDS  # shed calls not yet reported
 
     def register(
@@ -77,7 +82,7 @@ class CallGuard:
         stream: Callable[..., Any] | None = handler.unary_stream or handler.stream_stream
         if stream is None:
             raise TypeError(f"{path}: client-streaming methods are not guarded")
-        wrapped = self._stream(path, service, stream, handler.unary_stream is None)
+        wrapped = self._stream(path, service, stream, handler.unary_stream is not None)
         make = (
             grpc.stream_stream_rpc_method_handler
             if handler.stream_stream is not None
@@ -134,30 +139,57 @@ class CallGuard:
     def _stream(
         self, path: str, service: str, behavior: Callable[..., Any], unary_request: bool
     ) -> Callable[..., Any]:
+        """Streams (health's Watch, reflection) get the same credentials and decoding checks,
+        their own cap (they hold a grpc slot while open, which unary calls need), and,
+        health's Watch apart, a lifetime: an idle reflection stream must not hold a slot for
+        ever."""
         is_health = service == HEALTH_SERVICE
         tokens = self.admin_tokens if service == ADMIN_SERVICE else self.tokens
+        lifetime = None if is_health else STREAM_LIFETIME_SECONDS
+        writes = not inspect.isasyncgenfunction(behavior)  # answers with context.write
 
-        async def guarded(request: Any, context: Context) -> AsyncIterator[Any]:
+        async def run(request: Any, context: Context) -> AsyncIterator[Any]:
             start = time.perf_counter()
             peer = context.peer()
             code = grpc.StatusCode.OK
+            admitted = False
             try:
                 if not is_health:
                     _authenticate(tokens, context)
                 if unary_request and isinstance(request, Undecodable):
                     raise _Abort(INVALID, "undecodable request body")
+                if self.streams >= MAX_STREAMS:
+                    raise _Abort(BUSY, f"server busy: {MAX_STREAMS} streams open; retry")
+                self.streams += 1
+                admitted = True
                 requests = request if unary_request else _decoded(request)
-                async for response in behavior(requests, context):
-                    yield response
+                async with asyncio.timeout(lifetime):
+                    if writes:
+                        await behavior(requests, context)
+                    else:
+                        async for response in behavior(requests, context):
+                            yield response
+            except TimeoutError:
+                code = DEADLINE
+                await context.abort(code, f"streams end after {lifetime:.0f} s; reconnect")
             except BaseException as e:
                 code, message = _ending(e, context, path)
                 if message is None:
                     raise
                 await context.abort(code, message)
             finally:
+                if admitted:
+                    self.streams -= 1
                 self._account(path, code, start, None, peer, is_health)
 
-        return guarded
+        if not writes:
+            return run
+
+        async def written(request: Any, context: Context) -> None:
+            async for _ in run(request, context):
+                pass  # the handler writes its answers itself
+
+        return written
 
     def _account(
         self, path: str, code: grpc.StatusCode, start: float, request: Any, peer: str,

@@ -613,3 +613,55 @@ def test_an_unexpected_error_is_internal_logged_and_never_sent(
     assert "secret" not in str(e.value) and "internal error" in str(e.value)
     logged = [r for r in caplog.records if r.exc_info and "secret internals" in str(r.exc_info[1])]
     assert logged and "Recommend failed" in logged[0].getMessage()
+
+
+def test_health_watch_streams_its_status(loop_thread: LoopThread, recommender: Recommender) -> None:
+    """gRPC's client-side health checking uses Watch, a handler that answers through
+    context.write: the guard must pass it through, not break it."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with (
+        server(loop_thread, recommender) as running,
+        grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel,
+    ):
+        stream = health_pb2_grpc.HealthStub(channel).Watch(
+            health_pb2.HealthCheckRequest(), timeout=5
+        )
+        assert next(stream).status == health_pb2.HealthCheckResponse.SERVING
+        loop_thread.run(running.health.enter_graceful_shutdown())
+        assert next(stream).status == health_pb2.HealthCheckResponse.NOT_SERVING
+        stream.cancel()
+
+
+def test_idle_streams_cannot_take_the_calls_slots(
+    loop_thread: LoopThread, recommender: Recommender
+) -> None:
+    """Idle reflection streams past the stream cap are refused; unary calls and health
+    checks still have their slots; and a garbage message on a stream is INVALID_ARGUMENT."""
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    from server.guard import MAX_STREAMS
+
+    with server(loop_thread, recommender, ServerOptions(port=0, max_inflight=2)) as running:
+        target = f"127.0.0.1:{running.port}"
+        channel = grpc.insecure_channel(target)
+        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+        held = [stub.ServerReflectionInfo(iter(threading.Event().wait, True), timeout=30)
+                for _ in range(MAX_STREAMS + 5)]  # fmt: skip
+        time.sleep(1.0)
+        with Client(target) as c:
+            assert c.health() == "SERVING"
+            assert len(c.recommend(movies=[1, 2], k=3).recommendations) == 3
+        refused = [s for s in held if s.done() and s.code() == grpc.StatusCode.RESOURCE_EXHAUSTED]
+        assert len(refused) >= 5
+        for s in held:
+            s.cancel()
+        channel.close()
+        method = "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"
+        with grpc.insecure_channel(target) as ch:
+            call = ch.stream_stream(method, request_serializer=None, response_deserializer=None)
+            with pytest.raises(grpc.RpcError) as e:
+                list(call(iter([b"\xff\xff\xff"]), timeout=5))
+            assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            ok = reflection_pb2.ServerReflectionRequest(list_services="").SerializeToString()
+            assert list(call(iter([ok]), timeout=5))
