@@ -36,11 +36,12 @@ import json
 import math
 import os
 import shutil
+import stat
 import tempfile
 import threading
 import time
 import zipfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -62,6 +63,8 @@ HISTORY_ARRAYS = ("user_ids", "indptr", "rows", "ratings")
 INDEX_TYPES = {"flat": "IndexFlatIP", "fp16": "IndexScalarQuantizer", "hnsw": "IndexHNSWFlat"}
 MAX_ID_CHARS = 256  # string ids longer than this are refused (they are stored fixed-width)
 MAX_DIM = 4096
+MAX_EF_SEARCH = 4096  # an HNSW file's search depth (or the catalogue's size, if larger)
+MIN_YEAR, MAX_YEAR = 0, 9999  # a catalogue's years (0 or null: unknown)
 _MAX_MANIFEST_BYTES = 1 << 20
 _MAX_MOVIE_JSON_BYTES = 4096  # per catalogue entry, for the size bound of movies.json
 
@@ -174,10 +177,13 @@ def id_kind(ids: npt.NDArray[Any]) -> IdKind:
 
 def as_key(key: Key, kind: IdKind) -> Key | None:
     """``key`` in an artifact's id kind: 42 and "42" name the same movie either way; None when
-    it cannot be one (a non-numeric string where ids are integers)."""
-    if kind == "str":
-        return str(key)
+    it cannot be one (a non-numeric string where ids are integers, a string over
+    MAX_ID_CHARS or holding NUL, which fixed-width storage would cut or strip)."""
     if isinstance(key, int):
+        return (key if -(2**63) <= key < 2**63 else None) if kind == "int" else str(key)
+    if len(key) > MAX_ID_CHARS or "\0" in key:
+        return None
+    if kind == "str":
         return key
     try:
         value = int(key, 10)
@@ -288,6 +294,15 @@ def read_manifest(path: Path) -> dict[str, Any]:
 
 def read_artifacts(path: Path) -> Artifacts:
     """Load an artifact directory, refusing anything incomplete, corrupt or inconsistent."""
+    try:
+        return _read_artifacts(path)
+    except (ValueError, TypeError, OverflowError, RecursionError, MemoryError) as e:
+        # a backstop: every check above names its file; whatever slipped past them is still
+        # a bad artifact, refused in one line, never a traceback in a reload
+        raise ArtifactError(f"{path}: not a valid artifact ({type(e).__name__}: {e})") from None
+
+
+def _read_artifacts(path: Path) -> Artifacts:
     with _Directory(path) as d:
         raw = d.read(MANIFEST, _MAX_MANIFEST_BYTES)
         manifest, aggregation = _parse_manifest(raw, d.root / MANIFEST)
@@ -352,14 +367,18 @@ class _Directory:
         """The whole file, refused if larger than ``limit`` (or not exactly ``size``)."""
         path = self.root / name
         try:
-            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=self._fd)
+            # O_NONBLOCK: a FIFO planted under an artifact's name must not hang the open
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=self._fd)
         except FileNotFoundError:
             what = "is this an artifact directory?" if name == MANIFEST else "incomplete artifact"
             raise ArtifactError(f"{path}: missing ({what})") from None
         except OSError as e:
             raise ArtifactError(f"{path}: cannot be opened ({e.strerror})") from None
         with os.fdopen(fd, "rb") as f:
-            actual = os.fstat(f.fileno()).st_size
+            info = os.fstat(f.fileno())
+            if not stat.S_ISREG(info.st_mode):
+                raise ArtifactError(f"{path}: not a regular file")
+            actual = info.st_size
             if size is not None and actual != size:
                 raise ArtifactError(
                     f"{path}: {actual} bytes, manifest says {size} (truncated or replaced)"
@@ -470,9 +489,10 @@ def _parse_aggregation(raw: Mapping[str, Any], where: Path) -> Aggregation:
             raise ArtifactError(f"{where}: aggregation.{key} must be a finite {kind}")
     aggregation = cls(**given)
     if isinstance(aggregation, AlsAggregation) and (
-        aggregation.regularization < 0 or aggregation.alpha <= 0 or aggregation.inline_stars <= 0
+        aggregation.regularization <= 0 or aggregation.alpha <= 0 or aggregation.inline_stars <= 0
     ):
-        raise ArtifactError(f"{where}: als needs regularization >= 0, alpha and inline_stars > 0")
+        # regularization > 0 keeps the fold-in's system positive definite (solvable)
+        raise ArtifactError(f"{where}: als needs regularization, alpha and inline_stars > 0")
     return aggregation
 
 
@@ -491,6 +511,8 @@ def _parse_npy(data: bytes | bytearray, where: Path) -> npt.NDArray[Any]:
         raise ArtifactError(f"{where}: not a valid .npy array ({e})") from None
     if dtype.hasobject or dtype.kind not in "fiuU" or fortran:
         raise ArtifactError(f"{where}: array of type {dtype} is not allowed here")
+    if any(d < 0 for d in shape):
+        raise ArtifactError(f"{where}: header claims a negative shape {shape}")
     count = math.prod(shape)
     offset = f.tell()
     if offset + count * dtype.itemsize != len(data):
@@ -537,15 +559,17 @@ def _parse_index(data: bytes | bytearray, where: Path) -> faiss.Index:
     return index
 
 
-def _check_catalogue(catalogue: Sequence[Movie], kind: str, where: str) -> None:
+def _check_catalogue(catalogue: Sequence[Movie], kind: IdKind, where: str) -> None:
     ids = set()
     for m in catalogue:
         if kind == "int":
             ok = isinstance(m.movie_id, int) and not isinstance(m.movie_id, bool)
         else:
-            ok = isinstance(m.movie_id, str) and 0 < len(m.movie_id) <= MAX_ID_CHARS
-        if not ok:
-            raise ArtifactError(f"{where}: movie id {m.movie_id!r} is not a valid {kind} id")
+            ok = isinstance(m.movie_id, str) and len(m.movie_id) > 0
+        if not ok or as_key(m.movie_id, kind) != m.movie_id:
+            raise ArtifactError(f"{where}: movie id {m.movie_id!r:.80} is not a valid {kind} id")
+        if m.year is not None and not MIN_YEAR <= m.year <= MAX_YEAR:
+            raise ArtifactError(f"{where}: movie {m.movie_id!r}: year {m.year} is not plausible")
         if m.movie_id in ids:
             raise ArtifactError(f"{where}: movie id {m.movie_id!r} appears twice")
         ids.add(m.movie_id)
@@ -575,6 +599,7 @@ def _check_arrays(
     append_one = isinstance(aggregation, MeanAggregation) and aggregation.append_one
     if index.ntotal != n or index.d != vectors.shape[1] + append_one:
         fail(f"index: {index.ntotal} x {index.d} for {n} movies of dim {vectors.shape[1]}")
+    _check_index_parts(faiss.downcast_index(index), fail)
     if not _all_finite(_stored_vectors(index)):
         fail("index: not all stored vectors are finite")
     h = histories
@@ -604,6 +629,25 @@ def _check_arrays(
         starts[bounds[bounds < len(h.rows)]] = True  # a user's first entry may descend
         if not np.all((np.diff(h.rows) >= 0) | starts[1:]):
             fail("histories: a user's rows are not in ascending order")
+
+
+def _check_index_parts(index: faiss.Index, fail: Callable[[str], None]) -> None:
+    """What a FAISS file may set beyond its type: the encoding build_index uses, a flat
+    inner-product storage under HNSW, and a search depth that bounds a search's cost."""
+    if (
+        isinstance(index, faiss.IndexScalarQuantizer)
+        and index.sq.qtype != faiss.ScalarQuantizer.QT_fp16
+    ):
+        fail("index: a scalar quantizer must store float16")
+    if isinstance(index, faiss.IndexHNSWFlat):
+        storage = faiss.downcast_index(index.storage)
+        if type(storage) not in (faiss.IndexFlatIP, faiss.IndexFlat) or storage.metric_type != (
+            faiss.METRIC_INNER_PRODUCT
+        ) or storage.ntotal != index.ntotal or storage.d != index.d:  # fmt: skip
+            fail("index: an HNSW graph must store its vectors flat, by inner product")
+        most = max(MAX_EF_SEARCH, index.ntotal)
+        if not 1 <= index.hnsw.efSearch <= most:
+            fail(f"index: HNSW efSearch {index.hnsw.efSearch} outside 1..{most}")
 
 
 def _stored_vectors(index: faiss.Index) -> npt.NDArray[Any]:
@@ -701,6 +745,8 @@ def _loads(raw: bytes | bytearray, where: Path) -> Any:
         return json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ArtifactError(f"{where}: not valid JSON ({e})") from None
+    except RecursionError:
+        raise ArtifactError(f"{where}: JSON nested too deeply") from None
 
 
 def _is_count(value: Any) -> bool:

@@ -280,7 +280,93 @@ def huge_faiss_vector(folder: Path) -> None:
     path.write_bytes(bytes(data))
 
 
+def negative_npy_shape(folder: Path) -> None:
+    """(-5, -4) holds the same 20 floats as (5, 4): only a sign check catches it."""
+    path = folder / artifacts.VECTORS
+    path.write_bytes(_npy_claiming(path.read_bytes(), (-5, -4)))
+
+
+def deeply_nested_json(folder: Path) -> None:
+    (folder / artifacts.MOVIES).write_text("[" * 200_000 + "]" * 200_000)
+
+
+def _edit_movies(folder: Path, **fields: object) -> None:
+    movies = json.loads((folder / artifacts.MOVIES).read_text())
+    movies[0].update(fields)
+    (folder / artifacts.MOVIES).write_text(json.dumps(movies))
+
+
+def implausible_year(folder: Path) -> None:
+    _edit_movies(folder, year=10**12)  # numpy's int32 years would overflow
+
+
+def id_beyond_int64(folder: Path) -> None:
+    _edit_movies(folder, movie_id=2**70)
+
+
+def string_id_with_nul(folder: Path) -> None:
+    """Fixed-width id arrays strip a trailing NUL: 'm0\\0' would answer as 'm0'."""
+    movies = json.loads((folder / artifacts.MOVIES).read_text())
+    for i, m in enumerate(movies):
+        m["movie_id"] = f"m{i}"
+    movies[1]["movie_id"] = "m0\u0000"
+    (folder / artifacts.MOVIES).write_text(json.dumps(movies))
+    edit_manifest(folder, ids__movies="str")
+
+
+def _replace_index(folder: Path, change) -> None:  # type: ignore[no-untyped-def]
+    index = faiss.read_index(str(folder / artifacts.INDEX))
+    index = change(index) or index
+    faiss.write_index(index, str(folder / artifacts.INDEX))
+    edit_manifest(folder, index=artifacts._index_facts(index))
+
+
+def eight_bit_quantizer(folder: Path) -> None:
+    """An IndexScalarQuantizer of 8-bit codes: its codes are not the float16 the reader
+    checks for finiteness."""
+    vectors = np.load(folder / artifacts.VECTORS)
+    sq = faiss.IndexScalarQuantizer(4, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT)
+    sq.train(vectors)
+    sq.add(vectors)
+    _replace_index(folder, lambda _: sq)
+
+
+def _hnsw(folder: Path) -> faiss.Index:
+    return artifacts.build_index(np.load(folder / artifacts.VECTORS), "hnsw", hnsw_m=4)
+
+
+def huge_ef_search(folder: Path) -> None:
+    """An HNSW file whose stored search depth makes every search walk 10^9 candidates."""
+
+    def deepen(_: object) -> faiss.Index:
+        index = _hnsw(folder)
+        index.hnsw.efSearch = 10**9
+        return index
+
+    _replace_index(folder, deepen)
+
+
+def hnsw_link_out_of_range(folder: Path) -> None:
+    """A graph link naming a vector that does not exist (FAISS's reader checks the links)."""
+
+    def spoil(_: object) -> faiss.Index:
+        index = _hnsw(folder)
+        links = faiss.rev_swig_ptr(index.hnsw.neighbors.data(), index.hnsw.neighbors.size())
+        links[0] = 10**6
+        return index
+
+    _replace_index(folder, spoil)
+
+
 BAD_CONTENT = {
+    "negative npy shape": (negative_npy_shape, "negative shape"),
+    "JSON nested 200,000 deep": (deeply_nested_json, "nested too deeply"),
+    "year 10^12": (implausible_year, "not plausible"),
+    "integer id beyond int64": (id_beyond_int64, "not a valid int id"),
+    "string id holding NUL": (string_id_with_nul, "not a valid str id"),
+    "8-bit scalar quantizer": (eight_bit_quantizer, "must store float16"),
+    "HNSW efSearch 10^9": (huge_ef_search, "efSearch 1000000000 outside"),
+    "HNSW link out of range": (hnsw_link_out_of_range, "out of range"),
     "NaN vectors": (nan_vectors, "not all finite"),
     "duplicated movie ids": (duplicate_ids, "appears twice"),
     "genres not a list": (wrong_json_types, "not a valid catalogue"),
@@ -344,6 +430,37 @@ def test_manifest_fields_are_checked_for_meaning(
         resign(tmp_path / "a")
     with pytest.raises(ArtifactError, match=message):
         read_artifacts(tmp_path / "a")
+
+
+def test_als_without_regularization_is_refused(tmp_path: Path) -> None:
+    """lambda = 0 can leave the fold-in's system singular: every such Recommend would fail."""
+    tiny(tmp_path / "a")
+    edit_manifest(tmp_path / "a", aggregation={"method": "als", "like_threshold": 3.5,
+                                               "alpha": 1.0, "inline_stars": 4.0,
+                                               "regularization": 0.0})  # fmt: skip
+    resign(tmp_path / "a")
+    with pytest.raises(ArtifactError, match="regularization, alpha and inline_stars > 0"):
+        read_artifacts(tmp_path / "a")
+
+
+def test_a_fifo_in_place_of_a_file_is_refused_not_waited_on(tmp_path: Path) -> None:
+    """Opening a FIFO for reading blocks until a writer comes: a reload would hang."""
+    tiny(tmp_path / "a")
+    os.remove(tmp_path / "a" / artifacts.HISTORIES)
+    os.mkfifo(tmp_path / "a" / artifacts.HISTORIES)
+    outcome: list[BaseException] = []
+
+    def load() -> None:
+        try:
+            read_artifacts(tmp_path / "a")
+        except BaseException as e:
+            outcome.append(e)
+
+    worker = threading.Thread(target=load, daemon=True)
+    worker.start()
+    worker.join(timeout=10)
+    assert not worker.is_alive(), "the reader waited on the FIFO"
+    assert isinstance(outcome[0], ArtifactError) and "not a regular file" in str(outcome[0])
 
 
 def test_als_manifest_missing_a_key_is_refused(tmp_path: Path) -> None:

@@ -143,12 +143,15 @@ class IdColumn:
 
     def _check_text(self, dictionary: pa.Array, indices: pa.Array, offset: int) -> None:
         lengths = pc.utf8_length(dictionary).to_numpy()
-        bad = np.flatnonzero((lengths == 0) | (lengths > MAX_ID_CHARS))
+        nul = pc.match_substring(dictionary, "\0").fill_null(False).to_numpy(zero_copy_only=False)
+        bad = np.flatnonzero((lengths == 0) | (lengths > MAX_ID_CHARS) | nul)
         if len(bad):
             row = offset + _first(pc.equal(indices, int(bad[0])))
             value = dictionary[int(bad[0])].as_py()
             what = "an empty id"
-            if value:
+            if value and "\0" in value:
+                what = f"an id holding a NUL character ({value[:20]!r})"
+            elif value:
                 what = (
                     f"an id of {len(value)} characters ({value[:20]!r}...; at most {MAX_ID_CHARS})"
                 )

@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from movierec.artifacts import MAX_ID_CHARS, Key, Movie
+from movierec.artifacts import MAX_ID_CHARS, Key, Movie, as_key
 from movierec.errors import DataError
 from trainer.interactions import ITEM_COLUMNS, Columns
 from trainer.movielens import parse_title
@@ -77,8 +77,9 @@ def read_items(
 def _id(table: Table, row: int, column: str, key: object) -> Key:
     if isinstance(key, int) and not isinstance(key, bool):
         return key
-    if not isinstance(key, str) or not key or len(key) > MAX_ID_CHARS:
-        what = "no id" if not key else f"{key!r}, not an id of 1 to {MAX_ID_CHARS} characters"
+    if not isinstance(key, str) or not key or as_key(key, "str") is None:
+        what = "no id" if not key else (
+            f"{key!r:.80}, not an id of 1 to {MAX_ID_CHARS} characters without NUL")  # fmt: skip
         raise DataError(f"{table.where(row)}: column {column!r} has {what}")
     return key
 
@@ -93,10 +94,10 @@ def _genres(value: object) -> tuple[str, ...]:
 def _year(table: Table, row: int, column: str, value: object) -> int | None:
     if value is None or value == "":
         return None
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if isinstance(value, float):
-        return None if value != value else int(value)  # NaN: unknown
+    if isinstance(value, float) and value != value:  # NaN: unknown
+        return None
+    if isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value <= 9999:
+        return int(value)
     m = _YEAR.match(str(value))
     if m is None:
         raise DataError(

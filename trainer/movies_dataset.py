@@ -92,7 +92,7 @@ def _metadata(path: Path) -> pd.DataFrame:
             "id": tmdb_id[keep].astype(np.int64),
             "title": table["title"][keep].str.strip(),
             "genres": [tuple(_GENRE_NAME.findall(g)) for g in table["genres"][keep]],
-            "year": [None if np.isnan(y) else int(y) for y in year[keep]],
+            "year": [int(y) if 0 <= y <= 9999 else None for y in year[keep]],  # NaN: None
         }
     )
 
