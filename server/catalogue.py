@@ -36,7 +36,7 @@ class Filter:
 
     @property
     def is_empty(self) -> bool:
-        return self is NO_FILTER or self == NO_FILTER
+        return self == NO_FILTER
 
 
 NO_FILTER = Filter()
@@ -72,6 +72,8 @@ class Catalogue:
 
     def lookup(self, keys: Sequence[Key]) -> tuple[Rows, Mask]:
         """The row of each key (-1 where unknown) and which keys name an indexed movie."""
+        if not keys:
+            return np.zeros(0, np.int64), np.zeros(0, bool)
         wanted: npt.NDArray[Any] = np.asarray(keys)
         if self.kind == "int" and wanted.dtype.kind == "i":  # all ints: the common case, fast
             valid = np.ones(len(keys), bool)
@@ -79,8 +81,10 @@ class Catalogue:
             converted = [as_key(k, self.kind) for k in keys]
             valid = np.array([k is not None for k in converted], bool)
             filler = 0 if self.kind == "int" else ""
+            # the keys' own width: cast to the catalogue's, a longer key would be cut short
+            # into another movie's id
             wanted = np.array([filler if k is None else k for k in converted],
-                              dtype=self._sorted_ids.dtype if len(keys) else np.int64)  # fmt: skip
+                              dtype=np.int64 if self.kind == "int" else None)  # fmt: skip
         pos = np.minimum(np.searchsorted(self._sorted_ids, wanted), len(self._sorted_ids) - 1)
         known = valid & (self._sorted_ids[pos] == wanted)
         return np.where(known, self._order[pos], -1), known
@@ -107,8 +111,14 @@ class Catalogue:
         m = self._unindexed.get(canonical) if canonical is not None else None
         return (m, False) if m is not None else None
 
-    def knows(self, key: Key) -> bool:
-        return self.movie(key) is not None
+    def knows(self, keys: Sequence[Key]) -> Mask:
+        """Which keys name a catalogued movie, with or without a vector."""
+        _, known = self.lookup(keys)
+        if self._unindexed:
+            for i in np.flatnonzero(~known).tolist():
+                canonical = as_key(keys[i], self.kind)
+                known[i] = canonical is not None and canonical in self._unindexed
+        return known
 
     def allowed(self, f: Filter) -> Mask | None:
         """Rows passing the filter's rules, or None when it has none (everything passes)."""
@@ -116,9 +126,11 @@ class Catalogue:
             return None
         for g in (*f.genres_any, *f.genres_none):
             if g not in self._genre_masks:
-                raise InvalidArgument(
-                    f"unknown genre {g!r}; this catalogue has: {', '.join(self.genres)}"
+                known = self.genres
+                listed = ", ".join(known[:20]) + (
+                    f" and {len(known) - 20} more" if len(known) > 20 else ""
                 )
+                raise InvalidArgument(f"unknown genre {g!r:.100}; this catalogue has: {listed}")
         if f.year_min and f.year_max and f.year_min > f.year_max:
             raise InvalidArgument(f"year_min {f.year_min} is after year_max {f.year_max}")
         n = len(self.movies)

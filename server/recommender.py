@@ -104,6 +104,7 @@ class _Plan:
     allowed: Mask | None  # the filter's rows (None: no filter)
     ignored: list[Key]
     query: npt.NDArray[np.float32] | None  # (1, d); None: no liked movie to go on
+    cost: float  # in plain Recommends (see MAX_CALL_COST)
 
 
 class Recommender:
@@ -115,9 +116,7 @@ class Recommender:
         self._like_threshold = aggregation.like_threshold
         self._bias_dimension = isinstance(aggregation, MeanAggregation) and aggregation.append_one
         self._query = query_for(artifacts.vectors, aggregation)
-        norms = np.linalg.norm(artifacts.vectors, axis=1, keepdims=True)
-        unit = (artifacts.vectors / np.maximum(norms, 1e-12)).astype(np.float32)
-        self._searcher = Searcher(artifacts.index, unit)
+        self._searcher = Searcher(artifacts.index, artifacts.vectors)
         self._index = artifacts.index
         self._dim = int(artifacts.index.d)
         self._normal_cost = self._cost_us(100, DEFAULT_K, 0, 0.0)
@@ -136,67 +135,64 @@ class Recommender:
     def recommend(self, request: Request, events: Sequence[Event] = ()) -> Recommendations:
         """Top-k for a known user (their training history and ``events``, most recent last),
         or for an inline history; the most popular movies for a user with neither."""
-        plan = self._plan(request, events)
-        if plan.query is None:
-            return self._popular(plan)
-        if request.diversity > 0:
-            found = self._searcher.diversify(plan.query, request.k, plan.excluded, plan.allowed,
-                                             request.diversity)  # fmt: skip
-        else:
-            found = self._searcher.search(plan.query, request.k, plan.excluded, plan.allowed)
-        return self._answer(plan, *found)
+        return self._run(self._plan(request, events))
 
     def recommend_batch(
         self, requests: Sequence[Request], events: Sequence[Sequence[Event]]
     ) -> list[Recommendations | StatusError]:
-        """Each request answered on its own (a bad one fails alone), in order."""
-        if len(requests) > MAX_BATCH:
-            raise InvalidArgument(
-                f"a batch holds at most {MAX_BATCH} requests, got {len(requests)}"
-            )
-        total = 0.0
+        """Each request answered on its own (a bad one fails alone), in order; the whole
+        batch is refused when it holds more than MAX_BATCH requests or would cost more than
+        MAX_BATCH_COST plain Recommends (counted from the plans: users' full histories)."""
+        check_batch_size(len(requests))
+        planned: list[_Plan | StatusError] = []
         for r, e in zip(requests, events, strict=True):
-            total += self._cost_us(len(r.movies) + len(r.dislikes) + len(e), max(r.k, 1),
-                                   r.explain, r.diversity) / self._normal_cost  # fmt: skip
+            try:
+                planned.append(self._plan(r, e))
+            except StatusError as error:
+                planned.append(error)
+        total = sum(p.cost for p in planned if isinstance(p, _Plan))
         if total > MAX_BATCH_COST:
             raise InvalidArgument(
                 f"this batch would cost ~{total:.0f}x a plain Recommend; the limit is "
                 f"{MAX_BATCH_COST:.0f}x: split it or lower k and explain"
             )
-        out: list[Recommendations | StatusError | _Plan] = []
-        for r, e in zip(requests, events, strict=True):
-            try:
-                plan = self._plan(r, e)
-            except StatusError as error:
-                out.append(error)
-                continue
-            # plain personal searches are answered together below, the rest one by one
-            together = plan.query is not None and r.diversity == 0 and plan.allowed is None
-            out.append(plan if together else self.recommend(r, e))
-        plans = [p for p in out if isinstance(p, _Plan)]
-        if plans:
+        # plain personal searches are answered together, in one scan; the rest one by one
+        out: list[Recommendations | StatusError | None] = [
+            p if isinstance(p, StatusError) else None for p in planned
+        ]
+        together = [
+            (i, p) for i, p in enumerate(planned)
+            if isinstance(p, _Plan) and p.query is not None and p.request.diversity == 0
+            and p.allowed is None
+        ]  # fmt: skip
+        if together:
             found = self._searcher.search_many(
-                np.vstack([p.query for p in plans]),  # type: ignore[misc]
-                [p.request.k for p in plans], [p.excluded for p in plans],
+                np.vstack([p.query for _, p in together]),  # type: ignore[misc]
+                [p.request.k for _, p in together], [p.excluded for _, p in together],
             )  # fmt: skip
-            answers = iter(self._answer(p, *f) for p, f in zip(plans, found, strict=True))
-            out = [next(answers) if isinstance(o, _Plan) else o for o in out]
-        return out  # type: ignore[return-value]
+            for (i, p), f in zip(together, found, strict=True):
+                out[i] = self._answer(p, *f)
+        return [
+            o if o is not None else self._run(p)  # type: ignore[arg-type]
+            for o, p in zip(out, planned, strict=True)
+        ]
 
     def similar(
         self, movie_id: Key, k: int = DEFAULT_K, filter: Filter | None = None
     ) -> Recommendations:
         """The k movies nearest to one movie, itself excluded, passing ``filter``."""
         _check_k(k)
+        filter = filter or Filter()
+        _check_filter(filter)
         row = self.catalogue.row_of(movie_id)
         if row is None:
-            what = "has no vector in this model" if self.catalogue.knows(movie_id) else (
+            what = "has no vector in this model" if self.catalogue.knows([movie_id])[0] else (
                 "is not in the catalogue")  # fmt: skip
             raise NotFound(f"movie {movie_id!r} {what}")
         rows = np.array([row], np.int64)
         history = History(rows, None, np.full(1, np.nan), rowset.NONE)
         query = self._query.vector(history)
-        allowed = self.catalogue.allowed(filter or Filter())
+        allowed = self.catalogue.allowed(filter)
         found, scores = self._searcher.search(query, k, rows, allowed)
         items = self._results(found, scores, history, 0)
         return Recommendations(items, exhausted=len(items) < k)
@@ -208,11 +204,23 @@ class Recommender:
         what it excludes and allows, and its query (None: nothing to go on, popular)."""
         self._check(request)
         history, seen, ignored = self._history(request, events)
-        self._check_cost(request, len(history) + len(seen))
+        cost = self._check_cost(request, len(history) + len(seen))
         allowed = self.catalogue.allowed(request.filter)
         excluded = history.disliked if request.include_watched else seen
         query = self._query.vector(history) if len(history.liked) else None
-        return _Plan(request, history, excluded, allowed, ignored, query)
+        return _Plan(request, history, excluded, allowed, ignored, query, cost)
+
+    def _run(self, plan: _Plan) -> Recommendations:
+        """Search for a plan and answer it (a plan with no query: the popular movies)."""
+        if plan.query is None:
+            return self._popular(plan)
+        r = plan.request
+        if r.diversity > 0:
+            found = self._searcher.diversify(plan.query, r.k, plan.excluded, plan.allowed,
+                                             r.diversity)  # fmt: skip
+        else:
+            found = self._searcher.search(plan.query, r.k, plan.excluded, plan.allowed)
+        return self._answer(plan, *found)
 
     def _answer(self, plan: _Plan, rows: Rows, scores: npt.NDArray[np.float32]) -> Recommendations:
         items = self._results(rows, scores, plan.history, plan.request.explain)
@@ -231,12 +239,13 @@ class Recommender:
             if not known.all():
                 unknown = [k for k, ok in zip(keys, known.tolist(), strict=True) if not ok]
                 ignored = list(dict.fromkeys(unknown + ignored))
+            given = rowset.unique(rows[known])
+            if rowset.member(given, disliked).any():
+                raise InvalidArgument("a movie is both in movie_ids and negative_movie_ids")
             weights = np.asarray(request.weights, np.float64)[known] if request.weights else None
             liked, summed = _summed_by_row(rows[known], weights)
-            if rowset.member(liked, disliked).any():
-                raise InvalidArgument("a movie is both in movie_ids and negative_movie_ids")
             history = History(liked, summed, np.full(len(liked), np.nan), disliked)
-            return history, rowset.union(liked, disliked), ignored
+            return history, rowset.union(given, disliked), ignored
         found = self.artifacts.histories.lookup(request.user)
         trained, ratings = found if found is not None else (rowset.NONE, np.zeros(0, np.float32))
         rows = trained.astype(np.int64)
@@ -340,12 +349,7 @@ class Recommender:
         for name, ids in (("movie_ids", r.movies), ("negative_movie_ids", r.dislikes)):
             if len(ids) > MAX_HISTORY:
                 raise InvalidArgument(f"{name} must hold at most {MAX_HISTORY} ids, got {len(ids)}")
-        for name, ids in (("allow", r.filter.allow), ("exclude", r.filter.exclude)):
-            if len(ids) > MAX_FILTER_IDS:
-                raise InvalidArgument(
-                    f"filter.{name}_movie_ids must hold at most {MAX_FILTER_IDS} ids, "
-                    f"got {len(ids)}"
-                )
+        _check_filter(r.filter)
         if r.weights:
             if len(r.weights) != len(r.movies):
                 raise InvalidArgument(
@@ -357,7 +361,8 @@ class Recommender:
                     "weights must be finite and >= 0, not all 0 (dislikes go in negative_movie_ids)"
                 )
 
-    def _check_cost(self, r: Request, history: int) -> None:
+    def _check_cost(self, r: Request, history: int) -> float:
+        """The call's cost in plain Recommends, refused above MAX_CALL_COST."""
         cost = self._cost_us(history, r.k, r.explain, r.diversity) / self._normal_cost
         if cost > MAX_CALL_COST:
             raise InvalidArgument(
@@ -365,6 +370,7 @@ class Recommender:
                 f"k {r.k}, explain {r.explain}); the limit is {MAX_CALL_COST:.0f}x: lower k, "
                 "explain or the history"
             )
+        return cost
 
     def _cost_us(self, history: int, k: int, explain: int, diversity: float) -> float:
         """Rough microseconds of server work for a call of this size, from measured rates:
@@ -380,6 +386,19 @@ class Recommender:
         return us
 
 
+def check_batch_size(n: int) -> None:
+    if n > MAX_BATCH:
+        raise InvalidArgument(f"a batch holds at most {MAX_BATCH} requests, got {n}")
+
+
+def _check_filter(f: Filter) -> None:
+    for name, ids in (("allow", f.allow), ("exclude", f.exclude)):
+        if len(ids) > MAX_FILTER_IDS:
+            raise InvalidArgument(
+                f"filter.{name}_movie_ids must hold at most {MAX_FILTER_IDS} ids, got {len(ids)}"
+            )
+
+
 def _check_k(k: int) -> None:
     if not 1 <= k <= MAX_K:
         raise InvalidArgument(f"k must be between 1 and {MAX_K}, got {k}")
@@ -389,7 +408,9 @@ def _summed_by_row(
     rows: Rows, weights: npt.NDArray[np.float64] | None
 ) -> tuple[Rows, npt.NDArray[np.float64] | None]:
     """Distinct rows, ascending, each with the sum of its weights (1 each by default; None
-    when every row is 1): a movie given twice counts twice, as the aggregation is linear."""
+    when every row is 1): a movie given twice counts twice, as the aggregation is linear.
+    Rows weighing 0 in sum are dropped: they add nothing, and if nothing else is left the
+    request has nothing to go on (popular), never a 0/0 mean."""
     if weights is None and len(rows) == len(unique := rowset.unique(rows)):
         return unique, None  # the common case: no repeats, no weights
     if not len(rows):
@@ -398,4 +419,6 @@ def _summed_by_row(
     rows = rows[order]
     w = np.ones(len(rows)) if weights is None else weights[order]
     starts = np.flatnonzero(np.concatenate(([True], rows[1:] != rows[:-1])))
-    return rows[starts], np.add.reduceat(w, starts)
+    summed = np.add.reduceat(w, starts)
+    weighing = summed > 0
+    return rows[starts][weighing], summed[weighing]

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 import grpc
 from google.rpc import status_pb2
 
-from movierec.artifacts import Key
+from movierec.artifacts import MAX_ID_CHARS, Key
 from movierec.errors import (
     DeadlineExceeded,
     FailedPrecondition,
@@ -26,7 +26,7 @@ from movierec.v1 import recommender_pb2_grpc as pb_grpc
 from server import wire
 from server.catalogue import NO_FILTER, Filter
 from server.events import Event, EventStore, EventType, NoStore
-from server.recommender import DEFAULT_K, Recommender, Request
+from server.recommender import DEFAULT_K, Recommender, Request, check_batch_size
 from server.wire import Encoder
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -76,6 +76,7 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
         self, request: pb.BatchRecommendRequest, context: Context
     ) -> bytes:
         rec, wire = self._model
+        check_batch_size(len(request.requests))  # before parsing any of them
         parsed: list[Request | StatusError] = []
         for entry in request.requests:
             try:
@@ -121,11 +122,9 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
             raise InvalidArgument(
                 f"at most {MAX_EVENTS_PER_CALL} events per call, got {len(request.events)}"
             )
-        catalogue, now = self.recommender.catalogue, time.time()
-        events: list[Event] = []
-        ignored_ids: list[int] = []
-        ignored_keys: list[str] = []
-        for i, e in enumerate(request.events):
+        now = time.time()
+        parsed: list[Event] = []
+        for i, e in enumerate(request.events):  # all checked before any is recorded
             if e.type not in (pb.WATCH, pb.LIKE, pb.DISLIKE):
                 raise InvalidArgument(f"events[{i}].type must be WATCH, LIKE or DISLIKE")
             rating = e.rating if e.HasField("rating") else None
@@ -133,14 +132,13 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
                 raise InvalidArgument(f"events[{i}].rating must be between 0 and 10")
             user = _one_key(e.user_id, e.user_key, f"events[{i}].user")
             movie = _one_key(e.movie_id, e.movie_key, f"events[{i}].movie")
-            if not catalogue.knows(movie):
-                if e.movie_key:
-                    ignored_keys.append(e.movie_key)
-                else:
-                    ignored_ids.append(e.movie_id)
-                continue
             when = e.time.seconds + e.time.nanos / 1e9 if e.HasField("time") else now
-            events.append(Event(user, movie, EventType(e.type), rating, when))
+            parsed.append(Event(user, movie, EventType(e.type), rating, when))
+        known = self.recommender.catalogue.knows([e.movie for e in parsed]).tolist()
+        events = [e for e, ok in zip(parsed, known, strict=True) if ok]
+        ignored = [e.movie for e, ok in zip(parsed, known, strict=True) if not ok]
+        ignored_ids = [m for m in ignored if isinstance(m, int)]
+        ignored_keys = [m for m in ignored if isinstance(m, str)]
         if events:
             await self._store.record(events)
         return pb.RecordEventsResponse(
@@ -195,9 +193,9 @@ def _request(r: pb.RecommendRequest) -> Request:
         user = _one_key(r.user_id, r.user_key, "user")
     return Request(
         user=user,
-        movies=(*r.movie_ids, *r.movie_keys),
+        movies=(*r.movie_ids, *_keys(r.movie_keys, "movie_keys")),
         weights=tuple(r.weights),
-        dislikes=(*r.negative_movie_ids, *r.negative_movie_keys),
+        dislikes=(*r.negative_movie_ids, *_keys(r.negative_movie_keys, "negative_movie_keys")),
         k=r.k or DEFAULT_K,
         filter=_filter(r.filter) if r.HasField("filter") else NO_FILTER,
         include_watched=r.include_watched,
@@ -212,8 +210,8 @@ def _filter(f: pb.Filter) -> Filter:
         genres_none=tuple(f.genres_none),
         year_min=f.year_min,
         year_max=f.year_max,
-        exclude=(*f.exclude_movie_ids, *f.exclude_movie_keys),
-        allow=(*f.allow_movie_ids, *f.allow_movie_keys),
+        exclude=(*f.exclude_movie_ids, *_keys(f.exclude_movie_keys, "filter.exclude_movie_keys")),
+        allow=(*f.allow_movie_ids, *_keys(f.allow_movie_keys, "filter.allow_movie_keys")),
     )
 
 
@@ -221,4 +219,16 @@ def _one_key(number: int, key: str, what: str) -> Key:
     """A field pair's id: the string key when set, else the integer."""
     if key and number:
         raise InvalidArgument(f"set {what}_id or {what}_key, not both")
+    if key:
+        _keys((key,), f"{what}_key")
     return key or number
+
+
+def _keys(keys: Sequence[str], field: str) -> Sequence[str]:
+    """String ids as given, refused if no id can be one: longer than MAX_ID_CHARS or
+    holding NUL (fixed-width id arrays would cut or strip them into another movie's id)."""
+    if keys and (max(map(len, keys)) > MAX_ID_CHARS or any("\0" in k for k in keys)):
+        raise InvalidArgument(
+            f"{field}: a key is over {MAX_ID_CHARS} characters or holds a NUL character"
+        )
+    return keys

@@ -16,28 +16,23 @@ from __future__ import annotations
 import struct
 from collections.abc import Sequence
 
-from movierec.artifacts import Key, Movie
+from movierec.artifacts import Key, Movie, as_key
 from movierec.v1 import recommender_pb2 as pb
 from server.recommender import Reason, Recommendations, Scored
 
 _SIMILARITY = b"\x25"  # field 4, fixed32
 _REASON = b"\x38"  # field 7, varint
 _ITEM = b"\x0a"  # field 1 (recommendations / results), length-delimited
-_ERROR = b"\x12"  # BatchResult field 2, length-delimited
 _FLOAT = struct.Struct("<f")
 _REASONS = {r: _REASON + bytes((r,)) for r in Reason}
+MAX_CACHED = 200_000  # movies whose bytes are kept: a huge catalogue's long tail is re-encoded
 
 
 def ids(movie_id: Key) -> tuple[int, str]:
     """(movie_id, movie_key) as the wire carries them: the key always, the integer when the
     id is one."""
-    if isinstance(movie_id, int):
-        return movie_id, str(movie_id)
-    try:
-        number = int(movie_id)
-    except ValueError:
-        return 0, movie_id
-    return (number, movie_id) if str(number) == movie_id and abs(number) < 2**63 else (0, movie_id)
+    number = as_key(movie_id, "int")
+    return (number if isinstance(number, int) else 0), str(movie_id)
 
 
 class Encoder:
@@ -47,7 +42,7 @@ class Encoder:
         self.model_version = model_version
         # movie id -> an item's bytes up to its similarity: field tag and length, the movie's
         # own fields, the similarity's tag (the rest is 4 bytes of float and the reason)
-        self._prefix: dict[Key, bytes] = {}
+        self._prefix: dict[Key, bytes] = {}  # at most MAX_CACHED movies' (~200 bytes each)
         # the usual tail: nothing ignored, not exhausted
         self._recommend_tail = pb.RecommendResponse(model_version=model_version).SerializeToString()
 
@@ -89,7 +84,8 @@ class Encoder:
                 static = _static_fields(s.movie)
                 length = len(static) + len(_SIMILARITY) + _FLOAT.size + len(_REASON) + 1
                 prefix = _ITEM + _varint(length) + static + _SIMILARITY
-                self._prefix[s.movie.movie_id] = prefix
+                if len(self._prefix) < MAX_CACHED:
+                    self._prefix[s.movie.movie_id] = prefix
             parts.append(prefix + _FLOAT.pack(s.score) + _REASONS[s.reason])
         return b"".join(parts)
 

@@ -420,3 +420,81 @@ def test_a_batch_searches_together_and_answers_as_one_by_one(
         np.testing.assert_allclose([s.score for s in got.items], [s.score for s in want.items],
                                    rtol=1e-5, atol=1e-5)  # fmt: skip
         assert len(got.items) == len(want.items) == request.k
+
+
+def _string_id_recommender(tmp_path) -> Recommender:  # type: ignore[no-untyped-def]
+    """Six movies with string ids of two characters ("m0".."m5")."""
+    from movierec.artifacts import (
+        Histories,
+        MeanAggregation,
+        Movie,
+        read_artifacts,
+        write_artifacts,
+    )
+
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(6, 4)).astype(np.float32)
+    write_artifacts(
+        tmp_path / "str",
+        movies=[Movie(f"m{i}", f"Movie {i}", ("Drama",), 2000) for i in range(6)],
+        vectors=vectors,
+        index=build_index(vectors),
+        histories=Histories(
+            np.array(["u1"]), np.array([0, 1]), np.array([0], np.int32), np.array([5.0], np.float32)
+        ),  # fmt: skip
+        settings={},
+        aggregation=MeanAggregation(like_threshold=3.5, append_one=False),
+    )
+    return Recommender(read_artifacts(tmp_path / "str"))
+
+
+def test_a_longer_string_key_is_never_cut_into_another_movies_id(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    rec = _string_id_recommender(tmp_path)
+    # The catalogue stores ids as 2-character fixed-width strings; cast to that width,
+    # "m1-deleted" read as "m1" and "m1\0" as "m1".
+    got = rec.recommend(Request(movies=("m0", "m1-deleted", "m1\0"), k=5))
+    assert got.ignored == ["m1-deleted", "m1\0"]
+    assert "m1" in {s.movie.movie_id for s in got.items}  # not excluded as "watched"
+    assert not rec.catalogue.knows(["m1-deleted", "m2\0", "x" * 10_000]).any()
+    with pytest.raises(NotFound):
+        rec.movie("m1-deleted")
+
+
+def test_weights_that_sum_to_zero_after_unknown_ids_fall_back_to_popular(
+    recommender: Recommender,
+) -> None:
+    """Allowed weights (not all 0), but the only positive one is on an unknown id: nothing
+    is left to aggregate. Never a 0/0 query (NaN scores, or an empty answer)."""
+    a, b = ids_of(recommender, [3, 4])
+    got = recommender.recommend(Request(movies=(a, b, 987654), weights=(0.0, 0.0, 2.0), k=10))
+    assert len(got.items) == 10 and {s.reason for s in got.items} == {Reason.POPULAR}
+    assert all(np.isfinite(s.score) for s in got.items)
+    assert not {a, b} & {s.movie.movie_id for s in got.items}  # given, so seen
+    assert got.ignored == [987654]
+    # a zero weight beside a positive one adds nothing
+    mixed = recommender.recommend(Request(movies=(a, b), weights=(0.0, 1.0), k=10))
+    alone = recommender.recommend(Request(movies=(b,), k=11))
+    assert [s.movie.movie_id for s in mixed.items] == [
+        s.movie.movie_id for s in alone.items if s.movie.movie_id != a
+    ][:10]
+
+
+def test_a_batch_costs_what_its_users_histories_cost(recommender: Recommender) -> None:
+    """A user's training history counts toward the batch's cost, as it does for one call."""
+    from server.recommender import MAX_BATCH_COST
+
+    h = recommender.artifacts.histories
+    user = int(h.user_ids[int(np.argmax(np.diff(h.indptr)))])  # the longest history
+    heavy = next(
+        r for k in (20, 50, 100, 200, 300)
+        if 3 < recommender._plan(r := Request(user=user, k=k, explain=5), ()).cost <= 10
+    )  # fmt: skip
+    cost = recommender._plan(heavy, ()).cost  # allowed alone
+    n = int(MAX_BATCH_COST / cost) + 1
+    assert n <= MAX_BATCH
+    with pytest.raises(InvalidArgument, match="this batch would cost"):
+        recommender.recommend_batch([heavy] * n, [()] * n)
+    answers = recommender.recommend_batch([heavy] * (n - 1), [()] * (n - 1))
+    want = [s.score for s in recommender.recommend(heavy).items]
+    for got in answers:
+        np.testing.assert_allclose([s.score for s in got.items], want, rtol=1e-5, atol=1e-5)  # type: ignore[union-attr]

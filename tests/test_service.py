@@ -132,6 +132,21 @@ def test_similar_and_get_movie(client: Client, recommender: Recommender) -> None
             grpc.StatusCode.INVALID_ARGUMENT,
             "weights must hold one value per movie_ids entry",
         ),
+        (
+            pb.RecommendRequest(movie_keys=["1", "x" * 257]),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "movie_keys: a key is over 256 characters or holds a NUL character",
+        ),
+        (
+            pb.RecommendRequest(user_key="7\0"),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "user_key: a key is over 256 characters or holds a NUL character",
+        ),
+        (
+            pb.RecommendRequest(user_id=1, filter=pb.Filter(exclude_movie_keys=["2\0"])),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "filter.exclude_movie_keys: a key is over 256",
+        ),
     ],
 )
 def test_recommend_errors(stub, request_, code, details) -> None:
@@ -208,6 +223,20 @@ def test_batch_answers_in_order_and_fails_entries_alone(
     assert len(response.results[2].response.recommendations) == 3
     with pytest.raises(InvalidArgument, match=f"at most {MAX_BATCH}"):
         client.recommend_batch([requests[0]] * (MAX_BATCH + 1))
+    # refused as a whole before any entry is parsed: bad entries do not make it cheaper
+    with pytest.raises(InvalidArgument, match=f"at most {MAX_BATCH}"):
+        client.recommend_batch([requests[3]] * 5_000)
+
+
+def test_similar_movies_bounds_its_filter(stub) -> None:
+    from server.recommender import MAX_FILTER_IDS
+
+    rules = pb.Filter(exclude_movie_ids=list(range(MAX_FILTER_IDS + 1)))
+    code, details = code_and_details(
+        stub.SimilarMovies, pb.SimilarMoviesRequest(movie_id=1, k=3, filter=rules)
+    )
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert f"at most {MAX_FILTER_IDS} ids" in details
 
 
 def test_client_raises_the_class_of_each_status(client: Client) -> None:
