@@ -15,6 +15,7 @@ import ipaddress
 import logging
 import resource
 import signal
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -32,14 +33,21 @@ from movierec.errors import UsageError
 from movierec.v1 import recommender_pb2, recommender_pb2_grpc
 from server.events import EventStore
 from server.guard import MAX_STREAMS, CallGuard
-from server.observability import Metrics, start_metrics_server
+from server.observability import (
+    Metrics,
+    MetricsServer,
+    start_metrics_server,
+    stop_metrics_server,
+)
 from server.options import ServerOptions
 from server.recommender import Recommender
 from server.security import ADMIN_TOKENS_ENV, Tokens, server_credentials
 from server.service import AdminServicer, RecommenderServicer
 
 log = logging.getLogger(__name__)
-SERVICE_NAMES = tuple(s.full_name for s in recommender_pb2.DESCRIPTOR.services_by_name.values())
+_SERVICES = recommender_pb2.DESCRIPTOR.services_by_name
+RECOMMENDER_SERVICE = _SERVICES["RecommenderService"].full_name
+ADMIN_SERVICE = _SERVICES["AdminService"].full_name  # served only when admin tokens are set
 MAX_MESSAGE_BYTES = 1 << 20  # a 10,000-id history is ~100 kB; nothing legitimate nears 1 MiB
 # grpc itself sheds past max_inflight + MAX_STREAMS + this many calls, before they are
 # decoded or reach Python handlers (the cheapest refusal there is); the guard caps unary
@@ -64,9 +72,11 @@ class RunningServer:
     store: EventStore | None = None
     health_server: grpc.aio.Server | None = None
     health_port: int | None = None
+    metrics_server: MetricsServer | None = None
     # Set by server.processes when several processes must reload together.
     coordinated_reload: Reload | None = None
     _reloading: asyncio.Task[tuple[str, str, float]] | None = field(default=None, repr=False)
+    _queued: asyncio.Task[tuple[str, str, float]] | None = field(default=None, repr=False)
 
     async def stop(self, grace: float | None) -> None:
         """Stop taking calls, let in-flight ones finish within ``grace`` seconds."""
@@ -74,6 +84,8 @@ class RunningServer:
         if self.health_server is not None:
             stops.append(self.health_server.stop(grace))
         await asyncio.gather(*stops)
+        if self.metrics_server is not None:
+            await asyncio.to_thread(stop_metrics_server, self.metrics_server)
         if self.pool is not None:
             self.pool.shutdown(wait=False, cancel_futures=True)
         if self.store is not None:
@@ -81,23 +93,33 @@ class RunningServer:
 
     async def reload(self) -> tuple[str, str, float]:
         """Reload the model everywhere it is served: in this process, or in every process
-        of the group. Single flight: a call while a reload runs joins it."""
+        of the group. A call while a reload runs waits for one more that starts after it
+        (the running one may have read the directory before the call's new artifact);
+        every call that arrives meanwhile shares that one."""
         if self._reloading is None:
-            self._reloading = asyncio.ensure_future(self._reload_once())
-        return await asyncio.shield(self._reloading)
+            task = self._reloading = asyncio.ensure_future(self._reload_after(None))
+        else:
+            if self._queued is None:
+                self._queued = asyncio.ensure_future(self._reload_after(self._reloading))
+            task = self._queued
+        return await asyncio.shield(task)
 
-    async def _reload_once(self) -> tuple[str, str, float]:
+    async def _reload_after(
+        self, previous: asyncio.Task[tuple[str, str, float]] | None
+    ) -> tuple[str, str, float]:
+        if previous is not None:
+            await asyncio.wait([previous])
         try:
             return await (self.coordinated_reload or self._reload_here)()
-        finally:
-            self._reloading = None
+        finally:  # the queued reload (if any) is now the running one
+            self._reloading, self._queued = self._queued, None
 
     async def prepare(self) -> Recommender:
         """Verify and load the artifact directory (the old model keeps serving meanwhile)."""
         if self.artifacts is None:
             raise RuntimeError("this server was not started from an artifact directory")
         try:
-            return await asyncio.to_thread(load_recommender, self.artifacts)
+            return await _in_daemon_thread(load_recommender, self.artifacts)
         except Exception as e:
             self.metrics.reloads.labels("refused").inc()
             log.error("reload refused, still serving %s: %s", self.model_version, e)
@@ -125,6 +147,32 @@ class RunningServer:
 
 def load_recommender(artifacts: Path) -> Recommender:
     return Recommender(read_artifacts(artifacts))
+
+
+async def _in_daemon_thread(fn: Callable[[Path], Recommender], path: Path) -> Recommender:
+    """``fn(path)`` in a daemon thread: unlike asyncio.to_thread's pool, which the loop joins
+    on exit, a SIGTERM during a slow reload does not wait for the load to finish."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[Recommender] = loop.create_future()
+
+    def settle(result: Recommender | None, error: BaseException | None) -> None:
+        if done.cancelled():
+            return
+        if error is not None:
+            done.set_exception(error)
+        else:
+            done.set_result(result)  # type: ignore[arg-type]
+
+    def work() -> None:
+        try:
+            result, error = fn(path), None
+        except BaseException as e:  # noqa: BLE001 - handed to the awaiting coroutine
+            result, error = None, e
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody waits
+            loop.call_soon_threadsafe(settle, result, error)
+
+    threading.Thread(target=work, name="movierec-reload", daemon=True).start()
+    return await done
 
 
 async def build_server(
@@ -169,13 +217,14 @@ async def build_server(
     health_servicer = health.aio.HealthServicer()
     guard.register(server, recommender_pb2_grpc.add_RecommenderServiceServicer_to_server, servicer)
     guard.register(server, health_pb2_grpc.add_HealthServicer_to_server, health_servicer)
-    names = (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME)
+    services = (RECOMMENDER_SERVICE, *([ADMIN_SERVICE] if admin_tokens.enabled else []))
+    names = (*services, health.SERVICE_NAME, reflection.SERVICE_NAME)
     guard.register(server, reflection_pb2_grpc.add_ServerReflectionServicer_to_server,
                    reflection.aio.ReflectionServicer(names))  # fmt: skip
     credentials = None
     if options.tls_cert and options.tls_key:
         credentials = server_credentials(options.tls_cert, options.tls_key, options.tls_client_ca)
-    elif tokens.enabled and not _is_loopback(options.host):
+    elif (tokens.enabled or admin_tokens.enabled) and not _is_loopback(options.host):
         log.warning(
             "bearer tokens are accepted over plaintext on %s: anyone on the network path can "
             "read them; serve TLS (--tls-cert, --tls-key)", options.host,
@@ -187,12 +236,13 @@ async def build_server(
         guard.register(health_server, health_pb2_grpc.add_HealthServicer_to_server,
                        health_servicer)  # fmt: skip
         health_port = _listen(health_server, options, options.health_port, None)
-    metrics_port = None
+    metrics_server = None
     if options.metrics_port is not None:
-        metrics_port = start_metrics_server(metrics, options.metrics_host, options.metrics_port)
+        metrics_server = start_metrics_server(metrics, options.metrics_host, options.metrics_port)
     running = RunningServer(
-        server, port, servicer, health_servicer, metrics, metrics_port, artifacts, pool, store,
-        health_server, health_port,
+        server, port, servicer, health_servicer, metrics,
+        metrics_server.server_port if metrics_server else None, artifacts, pool, store,
+        health_server, health_port, metrics_server,
     )  # fmt: skip
     if admin_tokens.enabled:
         guard.register(server, recommender_pb2_grpc.add_AdminServiceServicer_to_server,
@@ -201,7 +251,7 @@ async def build_server(
     await server.start()
     if health_server is not None:
         await health_server.start()
-    for name in ("", *SERVICE_NAMES):
+    for name in ("", *services):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     return running
 
@@ -227,6 +277,7 @@ async def serve(
 
     loop.add_signal_handler(signal.SIGHUP, reload_on_hup)
     if take_pending_hup():  # after the handler: a SIGHUP from now on is the handler's
+        log.info(HUP_HONOURED)
         reload_on_hup()
     log.info(
         "serving model %s on %s%s%s",
@@ -248,6 +299,7 @@ async def serve(
 
 # SIGHUP's default action kills the process: until serving starts, only remember it.
 _hup_pending = False
+HUP_HONOURED = "a SIGHUP arrived during start-up: reloading now"
 
 
 def remember_hup_until_serving() -> None:

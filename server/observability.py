@@ -11,10 +11,12 @@ from __future__ import annotations
 import logging
 import time
 from typing import Any
+from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 access_log = logging.getLogger("movierec.access")
+MetricsServer = WSGIServer  # what start_metrics_server returns
 
 # Latency buckets around what a lookup costs here: 0.25 ms (transport) to 1 s.
 BUCKETS = (0.00025, 0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.5, 1.0)
@@ -66,7 +68,14 @@ class Metrics:
         children[1].observe(seconds)
 
 
-def start_metrics_server(metrics: Metrics, host: str, port: int) -> int:
-    """Serve /metrics over HTTP; returns the port (0 picks a free one)."""
+def start_metrics_server(metrics: Metrics, host: str, port: int) -> MetricsServer:
+    """Serve /metrics over HTTP in a thread (port 0 picks a free one); ``shutdown()`` stops
+    it."""
     server, _ = start_http_server(port, addr=host, registry=metrics.registry)
-    return int(server.server_port)
+    return server
+
+
+def stop_metrics_server(server: MetricsServer) -> None:
+    """Stop serving and close the port (blocks up to the serving loop's 0.5 s poll)."""
+    server.shutdown()
+    server.server_close()

@@ -9,8 +9,9 @@ The parent supervises: it forwards SIGTERM and SIGINT, stops the group if a chil
 coordinates reloads so that they reach every process or none. A reload (SIGHUP to any
 process, or ReloadModel answered by any child) runs in two phases over a socket per child:
 every child loads and verifies the new model beside the old one ("prepare"); only if all
-succeed with the same model version does every child switch ("commit"), else all drop it.
-The caller is answered once every child has switched. Concurrent requests join the round.
+succeed with the same model version does every child switch ("commit"), else all drop it
+("abort"), as they do when a round times out. The caller is answered once every child has
+switched. A request during a round is answered by the next round, which starts after it.
 """
 
 from __future__ import annotations
@@ -86,6 +87,9 @@ def run(
             os._exit(status)
         child_end.close()
         children[pid] = parent_end
+    # The children hold the model now; the parent never serves, and its copy would outlive
+    # the children's reloads (their pages are their own once they switch).
+    del recommender
     return _Supervisor(children, on_ready, hup).run()
 
 
@@ -122,11 +126,13 @@ async def _serve(
 
 class _Member:
     """A child's end of the reload protocol: asks the parent for reloads, and prepares,
-    commits or drops a new model when the parent says so."""
+    commits or drops a new model when the parent says so. Every message of a round carries
+    the round's number; a late message of an earlier round changes nothing."""
 
     def __init__(self, control: socket.socket, running: RunningServer) -> None:
         self._control, self._running = control, running
-        self._prepared: tuple[Recommender, float] | None = None
+        self._round = 0  # the round this process last heard of
+        self._prepared: tuple[int, Recommender, float] | None = None
         self._waiting: list[asyncio.Future[dict[str, Any]]] = []
         self._tasks: set[asyncio.Task[None]] = set()
         control.setblocking(False)
@@ -158,37 +164,45 @@ class _Member:
             asyncio.get_running_loop().remove_reader(self._control.fileno())
             return
         message = json.loads(raw)
-        op = message["op"]
+        op, number = message["op"], message.get("round", 0)
         if op == "prepare":
-            task = asyncio.ensure_future(self._prepare())
+            self._round, self._prepared = number, None
+            task = asyncio.ensure_future(self._prepare(number))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
-        elif op == "commit" and self._prepared is not None:
-            new, seconds = self._prepared
-            self._prepared = None
+        elif op == "commit":
+            prepared, self._prepared = self._prepared, None
+            if prepared is None or prepared[0] != number:
+                self._send(op="committed", round=number, ok=False)
+                return
+            _, new, seconds = prepared
             self._running.commit(new, seconds)
-            self._send(op="committed")
-        elif op == "abort":
+            self._send(op="committed", round=number, ok=True)
+        elif op == "abort" and number == self._round:
             self._prepared = None
         elif op == "result":
             waiting, self._waiting = self._waiting, []
             for answer in waiting:
                 answer.set_result(message)
 
-    async def _prepare(self) -> None:
+    async def _prepare(self, number: int) -> None:
         start = time.perf_counter()
         try:
             new = await self._running.prepare()
         except Exception as e:
-            self._send(op="prepared", ok=False, error=str(e))
+            self._send(op="prepared", round=number, ok=False, error=str(e))
             return
         seconds = time.perf_counter() - start
-        self._prepared = (new, seconds)
-        self._send(op="prepared", ok=True, version=new.model_version, seconds=seconds)
+        if number != self._round:  # aborted, or a later round began: drop it
+            return
+        self._prepared = (number, new, seconds)
+        self._send(op="prepared", round=number, ok=True, version=new.model_version,
+                   seconds=seconds)  # fmt: skip
 
 
 @dataclass
 class _Round:
+    number: int
     requesters: set[int]  # children waiting for the answer (none for a SIGHUP to the parent)
     waiting: set[int]
     phase: str = "prepare"
@@ -197,7 +211,11 @@ class _Round:
 
 
 class _Supervisor:
-    """The parent: forwards signals, runs reload rounds, stops the group if a child dies."""
+    """The parent: forwards signals, runs reload rounds, stops the group if a child dies.
+
+    One round at a time. A reload asked for while a round runs is answered by one more
+    round after it (the running one may have read the directory before the new artifact
+    landed); every request that arrives meanwhile shares that round."""
 
     def __init__(
         self, children: dict[int, socket.socket], on_ready: Ready | None, hup: bool
@@ -205,9 +223,11 @@ class _Supervisor:
         self.children = children
         self.on_ready = on_ready
         self.ready: list[dict[str, Any]] = []
-        self.hup_queued = hup  # a SIGHUP during start-up: reload once all are ready
         self.round: _Round | None = None
-        self.queued: set[int] = set()  # requesters that arrived during a commit
+        self.rounds = 0
+        # the next round's requesters; None: no next round (a SIGHUP adds no requester)
+        self.queued: set[int] | None = set() if hup else None
+        self.hup_at_start = hup
         self.stopping = False
         self.failed = False
         self.selector = selectors.DefaultSelector()
@@ -231,15 +251,18 @@ class _Supervisor:
                     self._signals()
                 else:
                     self._message(key.data, key.fileobj)  # type: ignore[arg-type]
-            if self.round is not None and time.monotonic() > self.round.deadline:
-                self._finish(False, error=f"no answer from every process in {ROUND_TIMEOUT:.0f}s")
+            self.check_deadline()
         return 1 if self.failed else 0
+
+    def check_deadline(self) -> None:
+        if self.round is not None and time.monotonic() > self.round.deadline:
+            self._fail(f"no answer from every process in {ROUND_TIMEOUT:.0f}s")
 
     def _signals(self) -> None:
         with contextlib.suppress(BlockingIOError):
             for sig in self._wake_r.recv(64):
                 if sig == signal.SIGHUP:
-                    self._request(None)
+                    self.request(None)
                 else:
                     self.stopping = True
                     self._broadcast_signal(sig)
@@ -252,7 +275,10 @@ class _Supervisor:
         if not raw:
             self._exited(pid, sock)
             return
-        message = json.loads(raw)
+        self.handle(pid, json.loads(raw))
+
+    def handle(self, pid: int, message: dict[str, Any]) -> None:
+        """One message from child ``pid``."""
         op = message["op"]
         if op == "ready":
             self.ready.append(message)
@@ -260,82 +286,94 @@ class _Supervisor:
                 first = self.ready[0]
                 if self.on_ready is not None:
                     self.on_ready(first["port"], first["health_port"], first["metrics_port"])
-                if self.hup_queued:
-                    self.hup_queued = False
-                    self._request(None)
-        elif op == "reload":
-            self._request(pid)
-        elif op == "prepared" and self.round is not None and self.round.phase == "prepare":
-            self.round.prepared[pid] = message
-            self.round.waiting.discard(pid)
-            if not self.round.waiting:
+                if self.hup_at_start:
+                    log.info(app.HUP_HONOURED)
+                if self.queued is not None:
+                    self._start_queued()
+            return
+        if op == "reload":
+            self.request(pid)
+            return
+        r = self.round
+        if r is None or message.get("round") != r.number or pid not in r.waiting:
+            return  # a late answer to a round that has ended
+        r.waiting.discard(pid)
+        if op == "prepared" and r.phase == "prepare":
+            r.prepared[pid] = message
+            if not message["ok"]:
+                self._fail(message["error"])
+            elif not r.waiting:
                 self._decide()
-        elif op == "committed" and self.round is not None and self.round.phase == "commit":
-            self.round.waiting.discard(pid)
-            if not self.round.waiting:
-                prepared = list(self.round.prepared.values())
+        elif op == "committed" and r.phase == "commit":
+            if not message["ok"]:
+                # cannot happen unless a process lost its prepared model; the group now
+                # serves mixed versions, so say so loudly
+                self._finish(False, error=f"server process {pid} could not switch models")
+            elif not r.waiting:
+                prepared = list(r.prepared.values())
                 seconds = max(p["seconds"] for p in prepared)
                 self._finish(True, version=prepared[0]["version"], seconds=seconds)
 
-    def _request(self, requester: int | None) -> None:
-        if self.round is not None and self.round.phase == "prepare":
-            if requester is not None:
-                self.round.requesters.add(requester)  # join the round in progress
-            return
-        if self.round is not None:  # committing: the next round starts after it
-            if requester is None:
-                self.hup_queued = True
-            else:
-                self.queued.add(requester)
-            return
-        self.round = _Round({requester} - {None}, set(self.children))  # type: ignore[arg-type]
-        self._broadcast(op="prepare")
+    def request(self, requester: int | None) -> None:
+        """A reload asked for by child ``requester`` (None: a SIGHUP to the parent)."""
+        self.queued = self.queued or set()
+        if requester is not None:
+            self.queued.add(requester)
+        if self.round is None and len(self.ready) == len(self.children):
+            self._start_queued()
+
+    def _start_queued(self) -> None:
+        requesters, self.queued = self.queued or set(), None
+        self.rounds += 1
+        self.round = _Round(self.rounds, requesters, set(self.children))
+        self._broadcast(op="prepare", round=self.round.number)
 
     def _decide(self) -> None:
         assert self.round is not None
-        results = list(self.round.prepared.values())
-        failures = [r["error"] for r in results if not r["ok"]]
-        versions = {r["version"] for r in results if r["ok"]}
-        if failures or len(versions) != 1:
-            self._broadcast(op="abort")
-            reason = failures[0] if failures else (
-                "the artifact directory changed during the reload; try again")  # fmt: skip
-            self._finish(False, error=reason)
+        versions = {r["version"] for r in self.round.prepared.values()}
+        if len(versions) != 1:
+            self._fail("the artifact directory changed during the reload; try again")
             return
         self.round.phase, self.round.waiting = "commit", set(self.children)
-        self._broadcast(op="commit")
+        self._broadcast(op="commit", round=self.round.number)
+
+    def _fail(self, error: str) -> None:
+        """End the round unswitched: every process drops what it prepared."""
+        assert self.round is not None
+        if self.round.phase == "prepare":
+            self._broadcast(op="abort", round=self.round.number)
+        self._finish(False, error=error)
 
     def _finish(self, ok: bool, **result: Any) -> None:
         assert self.round is not None
         for pid in self.round.requesters:
             if pid in self.children:
-                _send(self.children[pid], op="result", ok=ok, **result)
+                with contextlib.suppress(OSError):
+                    _send(self.children[pid], op="result", ok=ok, **result)
         if ok:
             log.info("reloaded in every process: serving %s", result["version"])
         else:
             log.error("reload refused, every process keeps its model: %s", result["error"])
         self.round = None
-        if self.queued or self.hup_queued:
-            queued, self.queued, self.hup_queued = self.queued, set(), False
-            self._request(None)
-            assert self.round is not None
-            self.round.requesters |= queued
+        if self.queued is not None:
+            self._start_queued()
 
     def _exited(self, pid: int, sock: socket.socket) -> None:
         self.selector.unregister(sock)
         sock.close()
         del self.children[pid]
         _, status = os.waitpid(pid, 0)
-        if status != 0 or not self.stopping:
-            log.error("server process %d exited (status %d); stopping the others", pid, status)
+        code = os.waitstatus_to_exitcode(status)
+        if code != 0 or not self.stopping:
+            how = f"was killed by signal {-code}" if code < 0 else f"exited with status {code}"
+            log.error("server process %d %s; stopping the others", pid, how)
             self.failed = True
             if not self.stopping:
                 self.stopping = True
                 self._broadcast_signal(signal.SIGTERM)
         if self.round is not None:
-            self.round.waiting.discard(pid)
-            self.round.prepared.pop(pid, None)
-            self._finish(False, error="a server process exited during the reload")
+            self.queued = None  # the group is stopping: no more rounds
+            self._fail("a server process exited during the reload")
 
     def _broadcast(self, **message: Any) -> None:
         for sock in self.children.values():
@@ -355,42 +393,52 @@ def _send(sock: socket.socket, **message: Any) -> None:
 def _claim_port(options: ServerOptions) -> ServerOptions:
     """Refuse a port something else listens on, with one line, before loading the model;
     for a group of processes also one another movierec group holds (SO_REUSEPORT would let
-    both bind and split the traffic between two models). Port 0 becomes a free port."""
-    family = socket.AF_INET6 if ":" in options.host else socket.AF_INET
+    both bind and split the traffic between two models). Port 0 becomes a free port. The
+    health-only port is claimed the same way."""
+    port = _claim(options.host, options.port, options.processes > 1)
+    health_port = options.health_port
+    if health_port is not None:
+        health_port = _claim(options.host, health_port, options.processes > 1)
+    return _replace(options, port=port, health_port=health_port)
+
+
+def _claim(host: str, port: int, group: bool) -> int:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
     probe = socket.socket(family, socket.SOCK_STREAM)
     # As grpc does: connections of a previous run in TIME_WAIT do not hold the port.
     probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
-        probe.bind((options.host, options.port))
+        probe.bind((host, port))
         port = probe.getsockname()[1]
     except OSError as e:
-        where = f"{options.host} port {options.port}"
+        where = f"{host} port {port}"
         if e.errno == errno.EADDRINUSE:
             raise UsageError(f"cannot listen on {where}: something already listens there") from None
         if e.errno == errno.EADDRNOTAVAIL:
-            raise UsageError(f"cannot listen on {where}: {options.host} is not an address of "
+            raise UsageError(f"cannot listen on {where}: {host} is not an address of "
                              "this machine") from None  # fmt: skip
         raise UsageError(f"cannot listen on {where}: {e.strerror}") from None
     finally:
         probe.close()
-    if options.processes > 1:
-        _group_lock(options.host, port)
-    return _replace(options, port=port)
+    if group:
+        _group_lock(port)
+    return port
 
 
 _locks: list[socket.socket] = []  # held for the life of the process
 
 
-def _group_lock(host: str, port: int) -> None:
-    """An abstract unix socket named after the address: the kernel lets one process group
-    bind it and frees it when the last holder exits, however it exits."""
+def _group_lock(port: int) -> None:
+    """An abstract unix socket named after the port (not the address: groups on 0.0.0.0
+    and 127.0.0.1 would share connections to the same port): the kernel lets one process
+    group bind it and frees it when the last holder exits, however it exits."""
     lock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        lock.bind(f"\0movierec-serve-{host}-{port}")
+        lock.bind(f"\0movierec-serve-{port}")
     except OSError:
         lock.close()
         raise UsageError(
-            f"cannot listen on {host} port {port}: another movierec server group serves it"
+            f"cannot listen on port {port}: another movierec server group serves it"
         ) from None
     _locks.append(lock)
 
