@@ -77,7 +77,8 @@ class FailedPrecondition(StatusError):
 
 
 class ResourceExhausted(StatusError):
-    """Too much at once: a call over the cost limit, or a server at its admission limit."""
+    """Too much at once: a server at its admission limit (shed; retry after a backoff). A
+    single call over the cost limit is InvalidArgument: retrying it cannot succeed."""
 
     code = "RESOURCE_EXHAUSTED"
 

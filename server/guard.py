@@ -63,6 +63,7 @@ class CallGuard:
         self.inflight = 0
         self.streams = 0
         self._shed, self._shed_logged = 0, -SHED_LOG_SECONDS  # shed calls not yet reported
+        self._shed_report: asyncio.TimerHandle | None = None
 
     def register(
         self, server: grpc.aio.Server, add: Callable[[Any, Any], None], servicer: Any
@@ -191,6 +192,11 @@ class CallGuard:
 
         return written
 
+    def _report_shed(self) -> None:
+        access_log.warning("shedding load: %d calls refused (RESOURCE_EXHAUSTED) since the "
+                           "last report", self._shed)  # fmt: skip
+        self._shed, self._shed_logged, self._shed_report = 0, time.monotonic(), None
+
     def _account(
         self, path: str, code: grpc.StatusCode, start: float, request: Any, peer: str,
         is_health: bool,
@@ -201,10 +207,9 @@ class CallGuard:
             return
         if code == BUSY:  # under overload a line per shed call would add to the overload
             self._shed += 1
-            if start - self._shed_logged >= SHED_LOG_SECONDS:
-                access_log.warning("shedding load: %d calls refused (RESOURCE_EXHAUSTED) since "
-                                   "the last report", self._shed)  # fmt: skip
-                self._shed, self._shed_logged = 0, start
+            if self._shed_report is None:  # one line now or when the period ends, never lost
+                wait = max(0.0, self._shed_logged + SHED_LOG_SECONDS - time.monotonic())
+                self._shed_report = asyncio.get_running_loop().call_later(wait, self._report_shed)
             return
         k = getattr(request, "k", None)
         access_log.info(

@@ -42,16 +42,15 @@ _blas_threshold = threading.Lock()
 
 
 class Searcher:
-    def __init__(self, index: faiss.Index, unit_vectors: npt.NDArray[np.float32]) -> None:
-        """``unit_vectors`` (one L2-normalised row per movie) measure how alike two results
-        are for diversity."""
+    def __init__(self, index: faiss.Index, vectors: npt.NDArray[np.float32]) -> None:
+        """``vectors`` (one row per movie) say how alike two results are, for diversity."""
         self.index = index
         self.n = int(index.ntotal)
         hnsw = getattr(faiss.downcast_index(index), "hnsw", None)
         self._ef_search: int | None = int(hnsw.efSearch) if hnsw is not None else None
         overfetch = min(max(OVERFETCH_MIN, self.n // 100), OVERFETCH_MAX)
         self._overfetch = 0 if hnsw is not None else overfetch
-        self._unit = unit_vectors
+        self._vectors = vectors
 
     def search(
         self, query: npt.NDArray[np.float32], k: int, excluded: Rows, allowed: Mask | None
@@ -127,7 +126,8 @@ class Searcher:
             return rows[:k], scores[:k]
         spread = float(scores[0] - scores[-1]) or 1.0
         relevance = (scores - scores[-1]) / spread
-        unit = self._unit[rows]
+        unit = self._vectors[rows]  # normalised here: only the candidates' rows are needed
+        unit = unit / np.maximum(np.linalg.norm(unit, axis=1, keepdims=True), 1e-12)
         closest = np.full(len(rows), -np.inf)
         picked: list[int] = []
         available = np.ones(len(rows), bool)

@@ -265,7 +265,8 @@ Global___Contribution: _TypeAlias = Contribution  # noqa: Y015
 class Explanation(_message.Message):
     """Why a movie was recommended. The similarity is an inner product with an aggregate that is
     linear in the history's vectors, so it splits exactly into one share per history movie
-    plus the recommended movie's own bias: sum(top.share) + rest + bias == similarity.
+    plus the recommended movie's own bias: sum(top.share) + rest + bias == similarity, up to
+    float32 rounding (the shares are computed apart from the search's own score).
     """
 
     DESCRIPTOR: _descriptor.Descriptor
