@@ -607,6 +607,26 @@ def test_admin_is_off_without_admin_tokens_and_reloads_are_single_flight(
     assert loads is not None and loads <= 10, loads  # shared, not queued 50 deep
 
 
+def test_a_reload_asked_for_during_one_gets_one_that_starts_after_it(
+    loop_thread: LoopThread, recommender: Recommender, artifacts_dir: Path
+) -> None:
+    """Three reloads asked for at once: the first loads, the other two share one more load
+    that starts after it (the first may have read the directory before their news)."""
+    with server(loop_thread, recommender, artifacts=artifacts_dir) as running:
+
+        async def three() -> list[tuple[str, str, float]]:
+            return await asyncio.gather(running.reload(), running.reload(), running.reload())
+
+        answers = loop_thread.run(three())
+        loads = running.metrics.registry.get_sample_value(
+            "movierec_model_reloads_total", {"result": "ok"}
+        )
+        assert loads == 2
+        assert answers[1] == answers[2] != answers[0]  # shared; its own load time
+        assert loop_thread.run(running.reload()) != answers[1]  # nothing running: a new one
+        assert running._reloading is None and running._queued is None
+
+
 def test_an_unexpected_error_is_internal_logged_and_never_sent(
     loop_thread: LoopThread, recommender: Recommender, caplog: pytest.LogCaptureFixture
 ) -> None:
