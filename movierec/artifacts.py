@@ -44,13 +44,14 @@ import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import faiss
 import numpy as np
 import numpy.typing as npt
 
 from movierec.errors import ArtifactError
+from movierec.ids import MAX_ID_CHARS, IdKind, Key, as_key
 
 FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
@@ -61,15 +62,12 @@ HISTORIES = "histories.npz"
 DATA_FILES = (MOVIES, VECTORS, INDEX, HISTORIES)
 HISTORY_ARRAYS = ("user_ids", "indptr", "rows", "ratings")
 INDEX_TYPES = {"flat": "IndexFlatIP", "fp16": "IndexScalarQuantizer", "hnsw": "IndexHNSWFlat"}
-MAX_ID_CHARS = 256  # string ids longer than this are refused (they are stored fixed-width)
 MAX_DIM = 4096
 MAX_EF_SEARCH = 4096  # an HNSW file's search depth (or the catalogue's size, if larger)
 MIN_YEAR, MAX_YEAR = 0, 9999  # a catalogue's years (0 or null: unknown)
 _MAX_MANIFEST_BYTES = 1 << 20
 _MAX_MOVIE_JSON_BYTES = 4096  # per catalogue entry, for the size bound of movies.json
 
-Key = int | str  # a user or movie id as the data gave it
-IdKind = Literal["int", "str"]
 FloatArray = npt.NDArray[np.float32]
 IntArray = npt.NDArray[np.int64]
 
@@ -173,23 +171,6 @@ class Artifacts:
 def id_kind(ids: npt.NDArray[Any]) -> IdKind:
     """'int' for an int64 id array, 'str' for a fixed-width string one."""
     return "str" if ids.dtype.kind == "U" else "int"
-
-
-def as_key(key: Key, kind: IdKind) -> Key | None:
-    """``key`` in an artifact's id kind: 42 and "42" name the same movie either way; None when
-    it cannot be one (a non-numeric string where ids are integers, a string over
-    MAX_ID_CHARS or holding NUL, which fixed-width storage would cut or strip)."""
-    if isinstance(key, int):
-        return (key if -(2**63) <= key < 2**63 else None) if kind == "int" else str(key)
-    if len(key) > MAX_ID_CHARS or "\0" in key:
-        return None
-    if kind == "str":
-        return key
-    try:
-        value = int(key, 10)
-    except ValueError:
-        return None
-    return value if str(value) == key and -(2**63) <= value < 2**63 else None
 
 
 def id_array(ids: Sequence[Key], kind: IdKind) -> npt.NDArray[Any]:

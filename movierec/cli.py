@@ -27,6 +27,7 @@ from typing import Any
 
 from movierec import __version__
 from movierec.errors import MovierecError, StatusError, UsageError
+from movierec.ids import as_key
 from movierec.logs import configure_logging
 
 log = logging.getLogger("movierec")
@@ -294,6 +295,11 @@ def _events_export(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    # One BLAS thread per call, as FAISS gets one OpenMP thread (server.app): calls and
+    # processes are the parallelism. numpy reads this once, when it loads (just below): an ALS
+    # model's per-call solve otherwise spun every core (p50 168 ms vs 2.7 ms beside one busy
+    # core). The image sets it too.
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     from server.app import remember_hup_until_serving
     from server.processes import run
 
@@ -479,12 +485,11 @@ def _print_results(response: Any, as_json: bool) -> None:
 
 
 def _key(text: str) -> int | str:
-    """An id as typed: an integer when it reads as one, else a string id of your own (the
-    server treats "42" and 42 alike)."""
-    try:
-        return int(text)
-    except ValueError:
-        return text
+    """An id as typed: an integer when it is one written plainly ("42", an int64), else a
+    string id of your own ("042", "+7" and "1_0" are SKUs, not 42, 7 and 10; the server
+    treats "42" and 42 alike)."""
+    number = as_key(text, "int")
+    return number if number is not None else text
 
 
 def _keys(text: str) -> list[int | str]:
@@ -506,9 +511,24 @@ def _years(text: str) -> tuple[int, int]:
     try:
         if not dash:
             raise ValueError
-        return int(low or 0), int(high or 0)
+        years = int(low or 0), int(high or 0)
+        if not all(0 <= y <= 9999 for y in years):
+            raise ValueError
+        return years
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected years like 1990-1999, got {text!r}") from None
+
+
+def _count(text: str) -> int:
+    """A non-negative int32, as the proto's k and explain fields hold (the server says which
+    range each allows)."""
+    try:
+        value = int(text)
+        if not 0 <= value < 2**31:
+            raise ValueError
+        return value
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}") from None
 
 
 # train --interactions/--items column flags (--user-col ...) and what is looked for without
@@ -793,13 +813,13 @@ def _parser(train_file: Mapping[str, Any] | None = None) -> argparse.ArgumentPar
             p.add_argument("--include-watched", action="store_true")
             p.add_argument("--diversity", type=float, default=0.0, help="0 (off) to 1")
             p.add_argument(
-                "--explain", type=int, default=0, metavar="N",
+                "--explain", type=_count, default=0, metavar="N",
                 help="name the N history movies that contributed most to each result",
             )  # fmt: skip
         if name in ("similar", "movie"):
             p.add_argument("--movie", type=_key, required=True)
         if name in ("recommend", "similar"):
-            p.add_argument("-k", type=int, default=10, help="number of results")
+            p.add_argument("-k", type=_count, default=10, help="number of results")
             p.add_argument("--genre", action="append", help="only these genres (repeatable)")
             p.add_argument("--not-genre", action="append", help="not these genres (repeatable)")
             p.add_argument("--years", type=_years, help="release years, e.g. 1990-1999")

@@ -31,10 +31,10 @@ from google.rpc import status_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from movierec.errors import StatusError, status_error
+from movierec.ids import Key
 from movierec.v1 import recommender_pb2 as pb
 from movierec.v1 import recommender_pb2_grpc as pb_grpc
 
-Key = int | str
 Response = TypeVar("Response")
 DEFAULT_TIMEOUT = 5.0
 RELOAD_TIMEOUT = 120.0  # a reload verifies and loads a whole model

@@ -14,8 +14,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from movierec.artifacts import Artifacts, Key, Movie, as_key
+from movierec.artifacts import Artifacts, Movie
 from movierec.errors import InvalidArgument
+from movierec.ids import Key, as_key
 from server import rows as rowset
 from server.rows import Rows
 
@@ -136,8 +137,10 @@ class Catalogue:
         n = len(self.movies)
         mask = np.ones(n, bool)
         if f.genres_any:
-            mask = np.logical_or.reduce([self._genre_masks[g] for g in f.genres_any])
-        for g in f.genres_none:
+            mask[:] = False
+            for g in dict.fromkeys(f.genres_any):  # each once: one pass of n per genre
+                mask |= self._genre_masks[g]
+        for g in dict.fromkeys(f.genres_none):
             mask &= ~self._genre_masks[g]
         if f.year_min:
             mask &= self._years >= f.year_min

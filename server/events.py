@@ -31,15 +31,17 @@ from __future__ import annotations
 import asyncio
 import csv
 import enum
+import logging
 import os
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, TextIO
 
-from movierec.artifacts import Key
 from movierec.errors import FailedPrecondition, UsageError
+from movierec.ids import Key
 
+log = logging.getLogger(__name__)
 DEFAULT_MAX_EVENTS_PER_USER = 1000
 RATINGS_HEADER = ["userId", "movieId", "rating", "timestamp"]  # ml-latest-small's ratings.csv
 
@@ -50,6 +52,18 @@ class EventType(enum.IntEnum):
     WATCH = 1
     LIKE = 2
     DISLIKE = 3
+
+
+def stored_type(value: int | str) -> EventType | None:
+    """The type a store holds as ``value``; None, with a warning, for one this version does
+    not know (a newer movierec sharing the store): the store skips that row rather than fail
+    every call for its user."""
+    try:
+        return EventType(int(value))
+    except ValueError:
+        log.warning("skipped a stored event of unknown type %s (written by a newer movierec?)",
+                    value)  # fmt: skip
+        return None
 
 
 @dataclass(frozen=True)

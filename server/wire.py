@@ -16,7 +16,8 @@ from __future__ import annotations
 import struct
 from collections.abc import Sequence
 
-from movierec.artifacts import Key, Movie, as_key
+from movierec.artifacts import Movie
+from movierec.ids import Key, as_key
 from movierec.v1 import recommender_pb2 as pb
 from server.recommender import Reason, Recommendations, Scored
 

@@ -372,3 +372,32 @@ def test_a_full_disk_during_export_is_one_line_and_keeps_the_old_artifact(
     assert "Traceback" not in full.stderr
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a"]  # no half-written leftovers
+
+
+def test_ids_are_integers_only_when_written_plainly() -> None:
+    """`--movie 007` was sent as movie 7: in a catalogue of SKUs, another movie."""
+    from movierec.cli import _key
+
+    typed = ["42", "-3", "007", "+7", "1_0", "\u0667", "9" * 20]
+    assert [_key(t) for t in typed] == [42, -3, "007", "+7", "1_0", "\u0667", "9" * 20]
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["recommend", "--user", "1", "-k", "99999999999"],
+        ["recommend", "--user", "1", "--explain", "-1"],
+        ["recommend", "--user", "1", "--years", "99999999999-"],
+        ["similar", "--movie", "1", "-k", "1e3"],
+    ],
+)
+def test_numbers_the_wire_cannot_carry_are_usage_errors(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """They used to reach the protobuf setter and print its traceback."""
+    from movierec.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "expected" in err and "Traceback" not in err

@@ -126,6 +126,32 @@ def test_flood_of_concurrent_calls(store_url: str) -> None:
     run(body, store_url, max_events_per_user=keep)
 
 
+def test_a_row_of_an_unknown_type_is_skipped_not_fatal(
+    store_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A newer movierec sharing the store may write an event type this one does not know:
+    every Recommend for that user failed INTERNAL and export crashed; now the row is skipped
+    with a warning."""
+    run(lambda store: store.record([Event("u", 1, W, None, 1.0)]), store_url)
+    if store_url.startswith("sqlite"):
+        import sqlite3
+
+        with sqlite3.connect(store_url.removeprefix("sqlite:///")) as db:
+            db.execute("INSERT INTO events VALUES ('u', 99, '2', 9, NULL, 2.0)")
+    else:
+        from server.event_stores.redis import PREFIX
+
+        with redis.Redis.from_url(store_url) as client:
+            client.lpush(PREFIX + "u", "9|2.0||2")
+
+    async def body(store: EventStore) -> tuple[list[Event], list[Event]]:
+        return await store.recent("u", 10), [e async for e in store.scan()]
+
+    recent, scanned = run(body, store_url)
+    assert recent == scanned == [Event("u", "1", W, None, 1.0)]
+    assert "unknown type 9" in caplog.text
+
+
 def test_export_is_a_ratings_file_the_trainer_reads(store_url: str, tmp_path: Path) -> None:
     async def body(store: EventStore) -> None:
         await store.record(

@@ -18,8 +18,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from movierec.artifacts import Key, Movie
+from movierec.artifacts import Movie
 from movierec.errors import DataError
+from movierec.ids import Key
 from trainer import movielens
 from trainer.interactions import Columns, Interactions, as_int, read_interactions
 from trainer.items import read_items

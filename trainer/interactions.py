@@ -27,8 +27,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from movierec.artifacts import MAX_ID_CHARS, Key
 from movierec.errors import DataError
+from movierec.ids import MAX_ID_CHARS, Key
 from trainer.tables import Table, find_column, open_table, require_column
 
 # Looked for, in this order, when a column is not named: what common logs call them.

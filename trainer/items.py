@@ -14,8 +14,9 @@ import re
 from pathlib import Path
 from typing import Any
 
-from movierec.artifacts import MAX_ID_CHARS, Key, Movie, as_key
+from movierec.artifacts import Movie
 from movierec.errors import DataError
+from movierec.ids import MAX_ID_CHARS, Key, as_key
 from trainer.interactions import ITEM_COLUMNS, Columns
 from trainer.movielens import parse_title
 from trainer.tables import Table, find_column, open_table

@@ -29,13 +29,12 @@ import redis.asyncio
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from movierec.artifacts import Key
 from movierec.errors import Unavailable, UsageError
-from server.events import Event, EventType, key
+from movierec.ids import Key
+from server.events import Event, key, stored_type
 
 PREFIX = "movierec:events:"
 TIMEOUT_S = 5.0  # connect and reply timeouts, unless the URL sets socket_(connect_)timeout
-_TYPES = {str(int(t)): t for t in EventType}
 
 
 class RedisStore:
@@ -92,7 +91,8 @@ class RedisStore:
             items = cast(list[str], await self._client.lrange(PREFIX + u, 0, limit - 1))
         except redis.RedisError as e:
             raise Unavailable(f"event store {self.where}: {e}") from None
-        return [_decode(u, item) for item in reversed(items)]
+        events = (_decode(u, item) for item in reversed(items))
+        return [e for e in events if e is not None]
 
     async def scan(self) -> AsyncIterator[Event]:
         seen: set[str] = set()  # SCAN may return a key twice; this holds keys, not events
@@ -103,7 +103,8 @@ class RedisStore:
                 seen.add(name)
                 items = cast(list[str], await self._client.lrange(name, 0, -1))
                 for item in reversed(items):
-                    yield _decode(name.removeprefix(PREFIX), item)
+                    if (event := _decode(name.removeprefix(PREFIX), item)) is not None:
+                        yield event
         except redis.RedisError as e:
             raise Unavailable(f"event store {self.where}: {e}") from None
 
@@ -136,6 +137,10 @@ class RedisStore:
             )
 
 
-def _decode(user: str, item: str) -> Event:
+def _decode(user: str, item: str) -> Event | None:
+    """An entry as _encode wrote it; None (skipped) for a type this version does not know."""
     t, time, rating, movie = item.split("|", 3)
-    return Event(user, movie, _TYPES[t], float(rating) if rating else None, float(time))
+    kind = stored_type(t)
+    if kind is None:
+        return None
+    return Event(user, movie, kind, float(rating) if rating else None, float(time))

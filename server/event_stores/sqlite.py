@@ -37,9 +37,9 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from movierec.artifacts import Key
 from movierec.errors import Unavailable, UsageError
-from server.events import Event, EventType, key
+from movierec.ids import Key
+from server.events import Event, key, stored_type
 
 FORMAT_VERSION = 1
 BUSY_TIMEOUT_S = 5.0  # how long a writer waits for another process's commit before failing
@@ -57,7 +57,6 @@ _INSERT = "INSERT INTO events (user, seq, movie, type, rating, time) VALUES (?, 
 _TRIM = "DELETE FROM events WHERE user = ? AND seq <= ?"
 _RECENT = "SELECT movie, type, rating, time FROM events WHERE user = ? ORDER BY seq DESC LIMIT ?"
 _ALL = "SELECT user, movie, type, rating, time FROM events ORDER BY user, seq"
-_TYPES = {int(t): t for t in EventType}
 
 
 @dataclass
@@ -108,7 +107,8 @@ class SqliteStore:
             rows = self._reader().execute(_RECENT, (u, limit)).fetchall()
         except sqlite3.Error as e:
             raise Unavailable(f"event store {self.path}: {e}") from None
-        return [Event(u, m, _TYPES[t], r, time) for m, t, r, time in reversed(rows)]
+        events = [(m, stored_type(t), r, time) for m, t, r, time in reversed(rows)]
+        return [Event(u, m, t, r, time) for m, t, r, time in events if t is not None]
 
     async def scan(self) -> AsyncIterator[Event]:
         self._check_process()
@@ -117,7 +117,8 @@ class SqliteStore:
             cursor = conn.execute(_ALL)  # one read transaction: a consistent snapshot
             while rows := await asyncio.to_thread(cursor.fetchmany, 1000):
                 for u, m, t, r, time in rows:
-                    yield Event(u, m, _TYPES[t], r, time)
+                    if (kind := stored_type(t)) is not None:
+                        yield Event(u, m, kind, r, time)
         finally:
             conn.close()
 
