@@ -23,8 +23,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from movierec.artifacts import Artifacts, Key, MeanAggregation, Movie
+from movierec.artifacts import AlsAggregation, Artifacts, MeanAggregation, Movie
 from movierec.errors import InvalidArgument, NotFound, StatusError
+from movierec.ids import Key
 from server import rows as rowset
 from server.catalogue import Catalogue, Filter, Mask
 from server.events import Event, EventType
@@ -36,6 +37,7 @@ DEFAULT_K = 10  # what k = 0 means
 MAX_K = 1000  # results per call; FAISS allocates k-sized buffers per query
 MAX_HISTORY = 10_000  # inline liked or disliked movies per call
 MAX_FILTER_IDS = 10_000  # ids in a filter's allow or exclude list
+MAX_FILTER_GENRES = 100  # genres in a filter's genres_any or genres_none list
 MAX_EXPLAIN = 100  # contributing movies named per recommendation
 MAX_BATCH = 64  # requests per BatchRecommend
 # What one call may cost, in plain Recommends (k = 10, a 100-movie history, no explanation):
@@ -115,6 +117,7 @@ class Recommender:
         aggregation = artifacts.aggregation
         self._like_threshold = aggregation.like_threshold
         self._bias_dimension = isinstance(aggregation, MeanAggregation) and aggregation.append_one
+        self._solves = isinstance(aggregation, AlsAggregation)  # a d x d system per call
         self._query = query_for(artifacts.vectors, aggregation)
         self._searcher = Searcher(artifacts.index, artifacts.vectors)
         self._index = artifacts.index
@@ -204,7 +207,7 @@ class Recommender:
         what it excludes and allows, and its query (None: nothing to go on, popular)."""
         self._check(request)
         history, seen, ignored = self._history(request, events)
-        cost = self._check_cost(request, len(history) + len(seen))
+        cost = self._check_cost(request, max(len(history), len(seen)))
         allowed = self.catalogue.allowed(request.filter)
         excluded = history.disliked if request.include_watched else seen
         query = self._query.vector(history) if len(history.liked) else None
@@ -374,11 +377,14 @@ class Recommender:
 
     def _cost_us(self, history: int, k: int, explain: int, diversity: float) -> float:
         """Rough microseconds of server work for a call of this size, from measured rates:
-        the fixed per-call cost, one index scan, aggregation, results (each a message), the
-        explanation's share matrix and named contributions, and the diversity re-ranking."""
+        the fixed per-call cost, one index scan, aggregation (for ALS: building and solving
+        its d x d system, once more to explain), results (each a message), the explanation's
+        share matrix and named contributions, and the diversity re-ranking."""
         n, d = len(self.catalogue), self._dim
         candidates = k * DIVERSITY_CANDIDATES if diversity else k
         us = 250 + n * d / 13_000 + history * d / 6_000 + candidates * 2.0
+        if self._solves:
+            us += (1 + bool(explain)) * (history * d * d / 4_000 + d**3 / 4_000)
         if explain:
             us += k * history * d / 2_000 + k * explain * 1.0
         if diversity:
@@ -397,6 +403,13 @@ def _check_filter(f: Filter) -> None:
             raise InvalidArgument(
                 f"filter.{name}_movie_ids must hold at most {MAX_FILTER_IDS} ids, got {len(ids)}"
             )
+    for name, genres in (("genres_any", f.genres_any), ("genres_none", f.genres_none)):
+        if len(genres) > MAX_FILTER_GENRES:
+            raise InvalidArgument(
+                f"filter.{name} must hold at most {MAX_FILTER_GENRES} genres, got {len(genres)}"
+            )
+    if f.year_min < 0 or f.year_max < 0:
+        raise InvalidArgument("filter years must be >= 0 (0: unbounded)")
 
 
 def _check_k(k: int) -> None:

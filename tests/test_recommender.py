@@ -498,3 +498,68 @@ def test_a_batch_costs_what_its_users_histories_cost(recommender: Recommender) -
     want = [s.score for s in recommender.recommend(heavy).items]
     for got in answers:
         np.testing.assert_allclose([s.score for s in got.items], want, rtol=1e-5, atol=1e-5)  # type: ignore[union-attr]
+
+
+def test_filter_genre_lists_are_bounded_and_each_genre_counts_once(
+    recommender: Recommender,
+) -> None:
+    """A 1 MB request of 200,000 repeats of one genre took ~600 ms and a (list x catalogue)
+    mask matrix; now over 100 is refused and repeats are one pass each."""
+    from server.recommender import MAX_FILTER_GENRES
+
+    genre = recommender.catalogue.genres[0]
+    for field in ("genres_any", "genres_none"):
+        with pytest.raises(InvalidArgument, match=f"filter.{field} must hold at most"):
+            recommender.recommend(
+                Request(movies=(1,), filter=Filter(**{field: (genre,) * (MAX_FILTER_GENRES + 1)}))
+            )
+        with pytest.raises(InvalidArgument, match=f"filter.{field} must hold at most"):
+            recommender.similar(1, filter=Filter(**{field: (genre,) * (MAX_FILTER_GENRES + 1)}))
+    many = recommender.recommend(Request(movies=(1,), filter=Filter(genres_any=(genre,) * 100)))
+    once = recommender.recommend(Request(movies=(1,), filter=Filter(genres_any=(genre,))))
+    assert many == once
+
+
+def test_negative_years_are_refused(recommender: Recommender) -> None:
+    """year_min -1 let unknown-year movies pass a bound they should fail."""
+    for bounds in ({"year_min": -1}, {"year_max": -5}):
+        with pytest.raises(InvalidArgument, match="filter years must be >= 0"):
+            recommender.recommend(Request(movies=(1,), filter=Filter(**bounds)))
+
+
+def test_a_full_batch_of_plain_requests_is_within_the_batch_limit(
+    recommender: Recommender,
+) -> None:
+    """64 plain Recommends (k 10, an inline history of 100) are what MAX_BATCH_COST is
+    stated in; the history used to be counted twice (liked, then again as seen)."""
+    every = recommender.artifacts.movie_ids.tolist()
+    requests = [Request(movies=tuple(every[i : i + 100])) for i in range(MAX_BATCH)]
+    answers = recommender.recommend_batch(requests, [()] * MAX_BATCH)
+    assert all(len(a.items) == 10 for a in answers)  # type: ignore[union-attr]
+
+
+def test_an_als_calls_cost_counts_its_solve(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """ALS solves a d x d system per call (d^2 per history movie): a 10,000-movie history at
+    d 128 cost ~80x a plain call while the estimate said ~1.5x."""
+    from movierec.artifacts import AlsAggregation, Histories, Movie, read_artifacts, write_artifacts
+
+    rng = np.random.default_rng(0)
+    n, d = 12_000, 128
+    vectors = rng.normal(size=(n, d)).astype(np.float32)
+    write_artifacts(
+        tmp_path / "als",
+        movies=[Movie(i, f"Movie {i}", ("Drama",), 2000) for i in range(n)],
+        vectors=vectors,
+        index=build_index(vectors),
+        histories=Histories(
+            np.array([1]), np.array([0, 1]), np.array([0], np.int32), np.array([5.0], np.float32)
+        ),  # fmt: skip
+        settings={},
+        aggregation=AlsAggregation(
+            like_threshold=3.5, regularization=0.1, alpha=1.0, inline_stars=4.0
+        ),  # fmt: skip
+    )
+    rec = Recommender(read_artifacts(tmp_path / "als"))
+    assert len(rec.recommend(Request(movies=tuple(range(100)))).items) == 10
+    with pytest.raises(InvalidArgument, match=r"would cost ~\d+x a plain Recommend"):
+        rec.recommend(Request(movies=tuple(range(MAX_HISTORY))))
