@@ -14,13 +14,13 @@ from typing import Any, TypeVar
 import grpc
 from google.rpc import status_pb2
 
-from movierec.artifacts import MAX_ID_CHARS, Key
 from movierec.errors import (
     DeadlineExceeded,
     FailedPrecondition,
     InvalidArgument,
     StatusError,
 )
+from movierec.ids import MAX_ID_CHARS, Key
 from movierec.v1 import recommender_pb2 as pb
 from movierec.v1 import recommender_pb2_grpc as pb_grpc
 from server import wire
@@ -130,9 +130,9 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
             rating = e.rating if e.HasField("rating") else None
             if rating is not None and not (math.isfinite(rating) and 0 <= rating <= 10):
                 raise InvalidArgument(f"events[{i}].rating must be between 0 and 10")
-            user = _one_key(e.user_id, e.user_key, f"events[{i}].user")
-            movie = _one_key(e.movie_id, e.movie_key, f"events[{i}].movie")
-            when = e.time.seconds + e.time.nanos / 1e9 if e.HasField("time") else now
+            user = _required_key(e, "user", f"events[{i}]")
+            movie = _required_key(e, "movie", f"events[{i}]")
+            when = _seconds(e.time, f"events[{i}].time") if e.HasField("time") else now
             parsed.append(Event(user, movie, EventType(e.type), rating, when))
         known = self.recommender.catalogue.knows([e.movie for e in parsed]).tolist()
         events = [e for e, ok in zip(parsed, known, strict=True) if ok]
@@ -222,6 +222,25 @@ def _one_key(number: int, key: str, what: str) -> Key:
     if key:
         _keys((key,), f"{what}_key")
     return key or number
+
+
+def _required_key(message: pb.Event, what: str, where: str) -> Key:
+    """An event's user or movie: a write must name one explicitly (an unset id reads as 0,
+    which would record into user 0's history)."""
+    if not message.HasField(f"{what}_id") and not getattr(message, f"{what}_key"):  # type: ignore[arg-type]
+        raise InvalidArgument(f"{where}: set {what}_id or {what}_key")
+    return _one_key(getattr(message, f"{what}_id"), getattr(message, f"{what}_key"),
+                    f"{where}.{what}")  # fmt: skip
+
+
+# google.protobuf.Timestamp's valid range: 0001-01-01 to 9999-12-31, UTC
+_FIRST_SECOND, _LAST_SECOND = -62_135_596_800, 253_402_300_799
+
+
+def _seconds(stamp: Any, where: str) -> float:
+    if not (_FIRST_SECOND <= stamp.seconds <= _LAST_SECOND and 0 <= stamp.nanos < 10**9):
+        raise InvalidArgument(f"{where} is not a valid timestamp (years 1 to 9999)")
+    return float(stamp.seconds + stamp.nanos / 1e9)
 
 
 def _keys(keys: Sequence[str], field: str) -> Sequence[str]:

@@ -92,6 +92,18 @@ def test_events_are_validated_before_anything_is_stored(
         client.record_events(bad)
     with pytest.raises(InvalidArgument, match=r"events\[0\].rating must be between 0 and 10"):
         client.record_events([event("u1", movie, "watch", rating=float("nan"))])
+    # an unset id read as 0: the event went into user 0's history (or onto movie 0)
+    with pytest.raises(InvalidArgument, match=r"events\[1\]: set user_id or user_key"):
+        client.record_events([event("u1", movie), pb.Event(movie_id=movie, type=pb.LIKE)])
+    with pytest.raises(InvalidArgument, match=r"events\[0\]: set movie_id or movie_key"):
+        client.record_events([pb.Event(user_key="u1", type=pb.LIKE)])
+    explicit_zero = pb.Event(user_id=0, movie_id=movie, type=pb.LIKE)
+    assert explicit_zero.HasField("user_id")  # 0 set on purpose is a user like any other
+    for seconds, nanos in ((2**62, 0), (-(2**62), 0), (0, -1), (0, 10**9)):
+        bad_time = pb.Event(user_key="u1", movie_id=movie, type=pb.LIKE)
+        bad_time.time.seconds, bad_time.time.nanos = seconds, nanos
+        with pytest.raises(InvalidArgument, match=r"events\[0\].time is not a valid timestamp"):
+            client.record_events([bad_time])
     assert {r.reason for r in client.recommend("u1").recommendations} == {pb.POPULAR}
 
 

@@ -622,9 +622,9 @@ class Event(_message.Message):
     USER_KEY_FIELD_NUMBER: _builtins.int
     MOVIE_KEY_FIELD_NUMBER: _builtins.int
     user_id: _builtins.int
-    """The user (user_key instead, for string ids)."""
+    """The user (user_key instead, for string ids); one of the two is required."""
     movie_id: _builtins.int
-    """The movie (movie_key instead, for string ids)."""
+    """The movie (movie_key instead, for string ids); one of the two is required."""
     type: Global___EventType.ValueType
     rating: _builtins.float
     """Stars, if the user rated the movie (0..10, finite)."""
@@ -632,26 +632,35 @@ class Event(_message.Message):
     movie_key: _builtins.str
     @_builtins.property
     def time(self) -> _timestamp_pb2.Timestamp:
-        """When it happened; the server's clock if unset."""
+        """When it happened (years 1 to 9999); the server's clock if unset."""
 
     def __init__(
         self,
         *,
-        user_id: _builtins.int = ...,
-        movie_id: _builtins.int = ...,
+        user_id: _builtins.int | None = ...,
+        movie_id: _builtins.int | None = ...,
         type: Global___EventType.ValueType = ...,
         rating: _builtins.float | None = ...,
         time: _timestamp_pb2.Timestamp | None = ...,
         user_key: _builtins.str = ...,
         movie_key: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_rating", b"_rating", "rating", b"rating", "time", b"time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_movie_id", b"_movie_id", "_rating", b"_rating", "_user_id", b"_user_id", "movie_id", b"movie_id", "rating", b"rating", "time", b"time", "user_id", b"user_id"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_rating", b"_rating", "movie_id", b"movie_id", "movie_key", b"movie_key", "rating", b"rating", "time", b"time", "type", b"type", "user_id", b"user_id", "user_key", b"user_key"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_movie_id", b"_movie_id", "_rating", b"_rating", "_user_id", b"_user_id", "movie_id", b"movie_id", "movie_key", b"movie_key", "rating", b"rating", "time", b"time", "type", b"type", "user_id", b"user_id", "user_key", b"user_key"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__movie_id: _TypeAlias = _typing.Literal["movie_id"]  # noqa: Y015
+    _WhichOneofArgType__movie_id: _TypeAlias = _typing.Literal["_movie_id", b"_movie_id"]  # noqa: Y015
     _WhichOneofReturnType__rating: _TypeAlias = _typing.Literal["rating"]  # noqa: Y015
     _WhichOneofArgType__rating: _TypeAlias = _typing.Literal["_rating", b"_rating"]  # noqa: Y015
+    _WhichOneofReturnType__user_id: _TypeAlias = _typing.Literal["user_id"]  # noqa: Y015
+    _WhichOneofArgType__user_id: _TypeAlias = _typing.Literal["_user_id", b"_user_id"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__movie_id) -> _WhichOneofReturnType__movie_id | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__rating) -> _WhichOneofReturnType__rating | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__user_id) -> _WhichOneofReturnType__user_id | None: ...
 
 Global___Event: _TypeAlias = Event  # noqa: Y015
 
