@@ -160,8 +160,10 @@ class _Member:
             raw = self._control.recv(65536)
         except BlockingIOError:
             return
-        if not raw:  # the parent is gone: nothing will coordinate reloads any more
+        if not raw:  # the supervisor is gone (killed, or OOM): stop, as it would have said
             asyncio.get_running_loop().remove_reader(self._control.fileno())
+            log.error("the supervising process exited; stopping")
+            os.kill(os.getpid(), signal.SIGTERM)  # serve()'s graceful shutdown
             return
         message = json.loads(raw)
         op, number = message["op"], message.get("round", 0)

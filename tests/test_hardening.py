@@ -119,6 +119,37 @@ def test_a_reload_reaches_every_process_or_none(
     assert "reloaded in every process" in log and "every process keeps its model" in log
 
 
+def test_a_killed_supervisor_takes_its_processes_with_it(artifacts_dir: Path) -> None:
+    """SIGKILL (or the OOM killer) on the parent of a group: its children used to go on
+    serving as orphans, holding the port against a restart and refusing every reload."""
+    port = free_port()
+    proc = start_server(artifacts_dir, port, "--processes", "2", "--drain", "0", "--grace", "1")
+    children_file = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
+    children = [int(c) for c in children_file.read_text().split()]
+    assert len(children) == 2
+    proc.kill()
+    proc.wait(timeout=10)
+    deadline = time.monotonic() + 30
+    while any(_running(c) for c in children):
+        assert time.monotonic() < deadline, "the processes outlived their supervisor"
+        time.sleep(0.1)
+    with socket.socket() as s:  # the port is free for the next server
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", port))
+    assert proc.stdout is not None
+    with proc.stdout:
+        assert proc.stdout.read().count("the supervising process exited; stopping") == 2
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (an orphan's exit is reaped by whoever adopted it, or not)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    return "\nState:\tZ" not in status
+
+
 def test_a_port_in_use_is_refused_in_one_line(artifacts_dir: Path) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
