@@ -690,7 +690,8 @@ def _parser(train_file: Mapping[str, Any] | None = None) -> argparse.ArgumentPar
     p.add_argument("--data", type=Path, help="a MovieLens folder (layout detected)")
     p.add_argument(
         "--interactions", type=Path, metavar="FILE",
-        help="who interacted with what: CSV, TSV or Parquet with a header; without a rating "
+        help="who interacted with what: CSV, TSV (with a header), JSON lines or Parquet; "
+        ".gz/.bz2 text too; without a rating "
         "column every row is a positive and repeats add weight",
     )  # fmt: skip
     p.add_argument(

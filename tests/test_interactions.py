@@ -1,7 +1,7 @@
-"""Your own data: interaction logs of any shape (CSV, TSV, Parquet; your column names; UUID
-and SKU ids; no rating column), trained, served, and queried by the original ids through the
-client and the CLI. Built from the sample, whose right answers are known: each user mostly
-watches one or two genres."""
+"""Your own data: interaction logs of any shape (CSV, TSV, JSON lines, Parquet, compressed; your
+column names; UUID and SKU ids; no rating column), trained, served, and queried by the original
+ids through the client and the CLI. Built from the sample, whose right answers are known: each
+user mostly watches one or two genres."""
 
 from __future__ import annotations
 
@@ -163,6 +163,50 @@ def test_parquet_tsv_and_sniffed_text_read_as_the_csv(sample: Sample, tmp_path: 
     for name in ("events.tsv", "events.txt", "events.parquet"):
         other = load_dataset(interactions=folder / name, columns=columns)
         assert_same_corpus(build_corpus(other, 3.5, 3), csv)
+
+
+def test_json_lines_and_compressed_files_read_as_the_csv(sample: Sample, tmp_path: Path) -> None:
+    """Logs are often JSON lines, and often gzipped: read as they are decompressed."""
+    import bz2
+    import gzip
+
+    folder = write_log(sample, tmp_path)
+    columns = Columns(user="visitor", item="sku", time="when", title="label", genres="tags")
+    csv = build_corpus(load_dataset(interactions=folder / "events.csv", columns=columns), 3.5, 3)
+    text = (folder / "events.csv").read_text()
+    header, *rows = text.splitlines()
+    names = header.split(",")
+    objects = [json.dumps(dict(zip(names, row.split(","), strict=True))) for row in rows]
+    (folder / "events.jsonl").write_text("\n".join(objects) + "\n")
+    (folder / "events.csv.gz").write_bytes(gzip.compress(text.encode()))
+    (folder / "events.jsonl.gz").write_bytes(gzip.compress((folder / "events.jsonl").read_bytes()))
+    (folder / "events.tsv.bz2").write_bytes(bz2.compress(text.replace(",", "\t").encode()))
+    for name in ("events.jsonl", "events.csv.gz", "events.jsonl.gz", "events.tsv.bz2"):
+        other = load_dataset(interactions=folder / name, columns=columns)
+        assert_same_corpus(build_corpus(other, 3.5, 3), csv)
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("log.jsonl", '{"user_id": "u1", "item_id": "A"}\n[1, 2]\n', "log.jsonl"),
+        ("log.json", '[{"user_id": "u1", "item_id": "A"}]', "not JSON lines"),
+        (
+            "log.jsonl",
+            '{"user_id": "u1", "item_id": "A", "rating": 4}\n\n'
+            '{"user_id": "u2", "item_id": "B", "rating": null}\n',
+            "log.jsonl:3: column 'rating' has None, expected a number",
+        ),
+        ("log.csv.gz", "user,item\nu,1\n", "cannot be decompressed"),
+    ],
+)
+def test_bad_json_lines_and_compressed_files_get_one_line(
+    tmp_path: Path, name: str, content: str, message: str
+) -> None:
+    (tmp_path / name).write_text(content)  # a .gz that is not gzip, too
+    with pytest.raises(DataError) as e:
+        load_dataset(interactions=tmp_path / name)
+    assert message in str(e.value) and "\n" not in str(e.value)
 
 
 def test_parquet_with_ratings_trains_like_the_movielens_folder(

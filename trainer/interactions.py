@@ -72,8 +72,8 @@ class Interactions:
 def read_interactions(
     path: Path, columns: Columns | None = None, int_ids: bool = False
 ) -> Interactions:
-    """Read an interaction file (CSV, TSV or Parquet). ``int_ids`` refuses ids that are not
-    integers (the MovieLens layouts) instead of reading every id as a string."""
+    """Read an interaction file (CSV, TSV, JSON lines or Parquet). ``int_ids`` refuses ids
+    that are not integers (the MovieLens layouts) instead of reading every id as a string."""
     columns = columns or Columns()
     table = open_table(path)
     user = require_column(table, columns.user, USER_COLUMNS, "user", "--user-col")

@@ -4,8 +4,8 @@
     sku-1,Blue Kettle,Kitchen|Gifts,   an empty year is unknown; without a year column, a year
     sku-2,,,                           at the end of the title ("Heat (1995)") is used
 
-CSV, TSV or Parquet, as ``trainer.tables`` reads them. An item without a title is shown by
-its id. Ids follow the interactions' rule (``trainer.interactions``).
+CSV, TSV, JSON lines or Parquet, as ``trainer.tables`` reads them. An item without a title is
+shown by its id. Ids follow the interactions' rule (``trainer.interactions``).
 """
 
 from __future__ import annotations
