@@ -2,16 +2,17 @@
 
     python benchmarks/bench_ann.py --artifacts artifacts/mls
 
-    # a trained 1M-movie model: generate (~20 s, and ~1 min to write the CSV), train, measure
+    # a trained 1M-movie model: generate (~35 s with the CSV), train (~9 min), measure
     python benchmarks/bench_ann.py --generate /tmp/ann/data
-    movierec train --data /tmp/ann/data --out /tmp/ann/model --dim 64 --epochs 2 --min-count 0
-    python benchmarks/bench_ann.py --artifacts /tmp/ann/model --ef 128,256,512,1024
+    movierec train --data /tmp/ann/data --out /tmp/ann/model --dim 64 --epochs 6 --lr 0.02 \
+        --min-count 0
+    python benchmarks/bench_ann.py --artifacts /tmp/ann/model --ef 128,256,512,1024,2048,4096
 
 Random vectors are the worst case for a graph index (PERFORMANCE.md); trained embeddings are
 clustered, so this measures on an exported model: its index vectors and its own users'
 histories as queries (``Recommender.recommend``, watched movies excluded, k = 10). The exact
-answer is the artifact's flat index. Each efSearch row times HNSW and exact alternately, user
-by user, so the ratio holds on a machine whose load swings. ``--generate`` writes
+answer is the artifact's flat index. Each efSearch row times HNSW and exact in alternating
+blocks of 25 users, so the ratio holds on a machine whose load swings. ``--generate`` writes
 ``trainer.sample.make_clustered_sample``'s catalogue (1M movies in 5,000 taste clusters,
 200k users, ~8.8M ratings) in the MovieLens CSV layout.
 """
@@ -45,11 +46,17 @@ def timed(rec: Recommender, user: int) -> float:
     return (time.perf_counter() - t) * 1e6
 
 
-def paired(a: Recommender, b: Recommender, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Microseconds per Recommend of ``a`` and of ``b``, alternating user by user."""
+def paired(
+    a: Recommender, b: Recommender, users: np.ndarray, block: int = 25
+) -> tuple[np.ndarray, np.ndarray]:
+    """Microseconds per Recommend of ``a`` and of ``b``, alternating blocks of ``block``
+    users: both see the same load, and HNSW's walks do not each start right after an exact
+    scan has swept the cache (user by user, every walk started cold after a 260 MB scan)."""
     out = np.empty((2, len(users)))
-    for i, user in enumerate(users.tolist()):
-        out[0, i], out[1, i] = timed(a, user), timed(b, user)
+    for s in range(0, len(users), block):
+        for row, rec in enumerate((a, b)):
+            for i, user in enumerate(users[s : s + block].tolist(), s):
+                out[row, i] = timed(rec, user)
     return out[0], out[1]
 
 
