@@ -681,7 +681,7 @@ def build_index(
         # inner product the longest vectors win every list, and pruning left 72% of a trained
         # 1M-movie model with no link in (unreachable); full lists: 53%, recall@10 at
         # efSearch 1,024 0.953 -> 0.972. Same memory (the slots exist either way), build 1.7x.
-        graph.keep_max_size_level0 = True
+        graph.keep_max_size_level0 = True  # type: ignore[attr-defined]  # missing from the stubs
         index = graph
     else:
         raise ValueError(f"index must be one of {', '.join(INDEX_TYPES)}, got {kind!r}")
