@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import argparse
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
+from movierec.ids import Key
 from server.app import load_recommender
 from server.recommender import Recommender
 from trainer.config import TrainConfig
@@ -26,12 +28,12 @@ from trainer.movielens import load, read_ratings
 from trainer.pipeline import run_training
 
 
-def agreement(rec: Recommender, movie_ids: list[int]) -> float:
+def agreement(rec: Recommender, movie_ids: Sequence[Key]) -> float:
     shares = []
     for movie_id in movie_ids:
-        genres = set(rec.movie(movie_id).genres)
-        neighbours = rec.similar(movie_id, 10)
-        shares.append(np.mean([bool(genres & set(s.movie.genres)) for s in neighbours]))
+        movie, _ = rec.movie(movie_id)
+        neighbours = rec.similar(movie_id, 10).items
+        shares.append(np.mean([bool(set(movie.genres) & set(s.movie.genres)) for s in neighbours]))
     return float(np.mean(shares))
 
 
@@ -57,6 +59,7 @@ def main() -> None:
             manifest = run_training(Path(tmp) / "a", config, data=args.split / "train",
                                     show_progress=False)  # fmt: skip
             rec = load_recommender(Path(tmp) / "a")
+        assert manifest is not None  # one process: it wrote the artifact
         known = set(rec.artifacts.movie_ids.tolist())
         indexed = [m for m in rare if m in known]
         cold = [m for m in unrated if m in known]
