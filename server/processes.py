@@ -131,7 +131,7 @@ class _Member:
 
     def __init__(self, control: socket.socket, running: RunningServer) -> None:
         self._control, self._running = control, running
-        self._round = 0  # the round this process last heard of
+        self._round: int | None = None  # the round being prepared; None once it ended
         self._prepared: tuple[int, Recommender, float] | None = None
         self._waiting: list[asyncio.Future[dict[str, Any]]] = []
         self._tasks: set[asyncio.Task[None]] = set()
@@ -181,7 +181,8 @@ class _Member:
             self._running.commit(new, seconds)
             self._send(op="committed", round=number, ok=True)
         elif op == "abort" and number == self._round:
-            self._prepared = None
+            # a load still running for this round is dropped when it ends, not kept
+            self._round, self._prepared = None, None
         elif op == "result":
             waiting, self._waiting = self._waiting, []
             for answer in waiting:

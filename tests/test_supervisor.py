@@ -171,3 +171,37 @@ def test_a_sighup_during_start_up_runs_once_every_process_is_ready(
         assert [m["ok"] for m in g.heard(A) if m["op"] == "result"] == [True]
     finally:
         g.close()
+
+
+def test_a_child_drops_a_model_whose_round_was_aborted_while_it_loaded(
+    loop_thread: Any, recommender: Any, artifacts_dir: Any
+) -> None:
+    """The child's side, on a real server: an abort that arrives while the load runs must
+    not leave the loaded model held (a whole model's memory) until the next reload."""
+    from server.app import build_server
+    from server.options import ServerOptions
+    from server.processes import _Member
+
+    parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    running = loop_thread.run(build_server(recommender, ServerOptions(port=0), artifacts_dir))
+    try:
+
+        async def member() -> _Member:
+            return _Member(child_end, running)
+
+        child = loop_thread.run(member())
+        parent_end.send(json.dumps({"op": "prepare", "round": 1}).encode())
+        parent_end.send(json.dumps({"op": "abort", "round": 1}).encode())
+        time.sleep(1.0)  # the sample model loads in milliseconds
+        deadline = time.monotonic() + 30
+        while child._tasks:  # a load still running
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert child._prepared is None
+        parent_end.setblocking(False)
+        with pytest.raises(BlockingIOError):  # and says nothing of a round that is over
+            parent_end.recv(65536)
+    finally:
+        loop_thread.run(running.stop(None))
+        parent_end.close()
+        child_end.close()
