@@ -4,6 +4,7 @@ that arrive mid-round. (test_hardening runs the whole protocol across real proce
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import time
@@ -202,6 +203,11 @@ def test_a_child_drops_a_model_whose_round_was_aborted_while_it_loaded(
         with pytest.raises(BlockingIOError):  # and says nothing of a round that is over
             parent_end.recv(65536)
     finally:
+
+        async def detach() -> None:  # else closing the parent's end reads as its death:
+            asyncio.get_running_loop().remove_reader(child_end.fileno())  # SIGTERM to us
+
+        loop_thread.run(detach())
         loop_thread.run(running.stop(None))
         parent_end.close()
         child_end.close()
