@@ -511,24 +511,25 @@ def _years(text: str) -> tuple[int, int]:
     try:
         if not dash:
             raise ValueError
-        years = int(low or 0), int(high or 0)
-        if not all(0 <= y <= 9999 for y in years):
-            raise ValueError
-        return years
+        return _int32(low or "0"), _int32(high or "0")
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected years like 1990-1999, got {text!r}") from None
 
 
 def _count(text: str) -> int:
-    """A non-negative int32, as the proto's k and explain fields hold (the server says which
-    range each allows)."""
     try:
-        value = int(text)
-        if not 0 <= value < 2**31:
-            raise ValueError
-        return value
+        return _int32(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}") from None
+
+
+def _int32(text: str) -> int:
+    """A number >= 0 that the proto's int32 fields (k, explain, years) can carry; the server
+    says which range each allows."""
+    value = int(text)
+    if not 0 <= value < 2**31:
+        raise ValueError(text)
+    return value
 
 
 # train --interactions/--items column flags (--user-col ...) and what is looked for without

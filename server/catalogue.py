@@ -132,8 +132,6 @@ class Catalogue:
                     f" and {len(known) - 20} more" if len(known) > 20 else ""
                 )
                 raise InvalidArgument(f"unknown genre {g!r:.100}; this catalogue has: {listed}")
-        if f.year_min and f.year_max and f.year_min > f.year_max:
-            raise InvalidArgument(f"year_min {f.year_min} is after year_max {f.year_max}")
         n = len(self.movies)
         mask = np.ones(n, bool)
         if f.genres_any:

@@ -410,6 +410,8 @@ def _check_filter(f: Filter) -> None:
             )
     if f.year_min < 0 or f.year_max < 0:
         raise InvalidArgument("filter years must be >= 0 (0: unbounded)")
+    if f.year_min and f.year_max and f.year_min > f.year_max:
+        raise InvalidArgument(f"year_min {f.year_min} is after year_max {f.year_max}")
 
 
 def _check_k(k: int) -> None:

@@ -230,7 +230,7 @@ def test_cli_export(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
 
 @pytest.mark.parametrize(
     "url", ["sqlite://events.db", "sqlite:///", "sqlite:///:memory:", "sqlite:///x?mode=ro",
-            "postgres://db/1", "events.sqlite3", ""],
+            "mongodb://db/1", "events.sqlite3", ""],
 )  # fmt: skip
 def test_bad_urls_are_one_line_usage_errors(url: str) -> None:
     with pytest.raises(UsageError, match=r"^event store '.*': expected [^\n]*$"):

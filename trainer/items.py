@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from movierec.artifacts import Movie
+from movierec.artifacts import MAX_YEAR, MIN_YEAR, Movie
 from movierec.errors import DataError
 from movierec.ids import MAX_ID_CHARS, Key, as_key
 from trainer.interactions import ITEM_COLUMNS, Columns
@@ -97,7 +97,11 @@ def _year(table: Table, row: int, column: str, value: object) -> int | None:
         return None
     if isinstance(value, float) and value != value:  # NaN: unknown
         return None
-    if isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value <= 9999:
+    if (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and (MIN_YEAR <= value <= MAX_YEAR)
+    ):
         return int(value)
     m = _YEAR.match(str(value))
     if m is None:

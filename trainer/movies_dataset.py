@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from movierec.artifacts import Movie
+from movierec.artifacts import MAX_YEAR, MIN_YEAR, Movie
 from movierec.errors import DataError
 from trainer.movielens import MovieLens, _read, _read_ratings
 
@@ -92,7 +92,7 @@ def _metadata(path: Path) -> pd.DataFrame:
             "id": tmdb_id[keep].astype(np.int64),
             "title": table["title"][keep].str.strip(),
             "genres": [tuple(_GENRE_NAME.findall(g)) for g in table["genres"][keep]],
-            "year": [int(y) if 0 <= y <= 9999 else None for y in year[keep]],  # NaN: None
+            "year": [int(y) if MIN_YEAR <= y <= MAX_YEAR else None for y in year[keep]],
         }
     )
 
