@@ -22,22 +22,30 @@ def test_every_auto_field_is_chosen_with_a_reason() -> None:
 
 def test_small_data_gets_a_holdout_and_large_data_a_rule() -> None:
     small, record = resolve(TrainConfig(), ML_100K_LIKE)
-    assert (small.epochs, small.popularity) == (0, 0)  # left for early stopping to decide
+    assert (small.epochs, small.popularity, small.ease) == (0, 0, -1)  # for the holdout
     assert "early stopping" in record["chosen"]["epochs"]["why"]
     large, record = resolve(TrainConfig(), ML_25M_LIKE)
-    assert (large.epochs, large.popularity) == (30, 1.0)
+    assert (large.epochs, large.popularity, large.ease) == (30, 1.0, 0.0)
     assert "too many" in record["chosen"]["epochs"]["why"]
     direct, _ = resolve(TrainConfig(), ML_100K_LIKE, early_stopping=False)
     assert not direct.unresolved  # train() called directly: every field from the rules
 
 
 def test_explicit_settings_win() -> None:
-    given = TrainConfig(dim=64, epochs=7, lr=0.01, keep=0.9, popularity=2.0)
+    given = TrainConfig(dim=64, epochs=7, lr=0.01, keep=0.9, popularity=2.0, ease=0.5)
     config, record = resolve(given, ML_100K_LIKE)
     assert config == given and record["chosen"] == {}
     config, record = resolve(TrainConfig(epochs=12), ML_100K_LIKE)
     assert config.epochs == 12 and config.popularity == 1.0  # no holdout run to choose it
-    assert set(record["chosen"]) == {"dim", "lr", "keep", "popularity"}
+    assert config.ease == 0.0  # nor an EASE part
+    assert set(record["chosen"]) == {"dim", "lr", "keep", "popularity", "ease"}
+
+
+@pytest.mark.parametrize("bad", [{"ease": -0.5}, {"ease_lambda": -1.0},
+                                 {"objective": "sgns", "ease": 1.0}])  # fmt: skip
+def test_bad_ease_settings_are_refused(bad: dict[str, object]) -> None:
+    with pytest.raises(ValueError, match="ease"):
+        TrainConfig(**bad)  # type: ignore[arg-type]
 
 
 def test_other_objectives_keep_the_fixed_defaults() -> None:

@@ -86,7 +86,7 @@ def test_default_records_what_it_chose(sample_dir: Path, tmp_path: Path) -> None
     manifest = run_training(tmp_path / "a", TrainConfig(threads=1, lr=0.004), data=sample_dir,
                             show_progress=False)  # fmt: skip
     auto = manifest["training"]["auto"]
-    assert set(auto["chosen"]) == {"dim", "epochs", "keep", "popularity"}  # lr was given
+    assert set(auto["chosen"]) == {"dim", "epochs", "keep", "popularity", "ease"}  # not lr
     assert manifest["settings"]["lr"] == 0.004
     for name, choice in auto["chosen"].items():
         assert manifest["settings"][name] == choice["value"] and choice["why"]

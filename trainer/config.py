@@ -2,9 +2,9 @@
 comment is the flag's help) and is stored in the artifact's manifest, so every artifact says
 how it was made. No torch here: the CLI reads this to build its parser.
 
-Fields in ``AUTO`` default to 0, "auto": ``trainer.defaults.resolve`` chooses them from the
-data's shape before training (a value given explicitly is kept), and the manifest records the
-choice and its reason."""
+Fields in ``AUTO`` default to "auto" (0; ease -1, as 0 means "none"): ``trainer.defaults.resolve``
+chooses them from the data's shape before training (a value given explicitly is kept), and the
+manifest records the choice and its reason."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ from typing import Any
 
 OBJECTIVES = ("cbow", "sgns", "softmax", "als")
 DEVICES = ("auto", "cpu", "cuda")
-AUTO = ("dim", "epochs", "keep", "lr", "popularity")  # 0: chosen from the data (defaults.py)
+# field -> the value that means "chosen from the data" (defaults.py, holdout.py)
+AUTO = {"dim": 0, "epochs": 0, "keep": 0, "lr": 0, "popularity": 0, "ease": -1}
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,8 @@ class TrainConfig:
     softmax_samples: int = 2048  # cbow: over 5x this many movies, score a sample this big
     rating_weight: float = 0.5  # cbow: a target weighs 1 + rating_weight * (stars - 4)
     popularity: float = 0.0  # cbow: weight of the popularity prior (bias) in the index; 0: auto
+    ease: float = -1.0  # cbow: weight of a low-rank EASE part in the index (ease.py); -1: auto
+    ease_lambda: float = 0.0  # cbow: EASE's L2 strength; 0: chosen on the holdout with ease
     partners: int = 10  # partners drawn per liked movie per epoch, instead of all n^2 pairs
     window: int = 0  # 0: partners from the whole history; k: within k of it in time order
     like_threshold: float = 3.5  # ratings >= this are "watched and liked" (pairs and queries)
@@ -57,13 +60,19 @@ class TrainConfig:
                      "ef_construction", "ef_search"):  # fmt: skip
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        for name in AUTO:
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be 0 (auto) or more, got {getattr(self, name)}")
+        for name, auto in AUTO.items():
+            value = getattr(self, name)
+            if value < 0 and value != auto:
+                least = "more" if auto == 0 else "0 or more"
+                raise ValueError(f"{name} must be {auto} (auto) or {least}, got {value}")
         if self.users_per_step < 0:
             raise ValueError(f"users_per_step must be 0 (auto) or more, got {self.users_per_step}")
         if min(self.min_count, self.window, self.subsample, self.weight_decay) < 0:
             raise ValueError("min_count, window, subsample and weight_decay must not be negative")
+        if self.ease_lambda < 0:
+            raise ValueError(f"ease_lambda must be 0 (auto) or more, got {self.ease_lambda}")
+        if self.ease > 0 and self.objective != "cbow":
+            raise ValueError("ease blends EASE into cbow's index: cbow only")
         if self.min_count == 0 and not (self.side_info and self.objective == "cbow"):
             raise ValueError("min_count 0 (unrated movies too) needs cbow with side_info")
         if self.index not in ("flat", "fp16", "hnsw"):
@@ -77,8 +86,8 @@ class TrainConfig:
 
     @property
     def unresolved(self) -> list[str]:
-        """The AUTO fields still 0, for trainer.defaults.resolve to choose."""
-        return [name for name in AUTO if getattr(self, name) == 0]
+        """The AUTO fields still auto, for trainer.defaults.resolve to choose."""
+        return [name for name, auto in AUTO.items() if getattr(self, name) == auto]
 
 
 def options() -> list[tuple[str, type, Any, str]]:

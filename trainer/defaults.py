@@ -1,5 +1,5 @@
-"""Settings that follow from the data's shape: every TrainConfig field in ``config.AUTO`` left at
-0 is chosen here, once, before training; a value set explicitly is always kept.
+"""Settings that follow from the data's shape: every TrainConfig field in ``config.AUTO`` left
+auto is chosen here, once, before training; a value set explicitly is always kept.
 
     movierec train --data DIR --out ART             # dim, epochs, keep, lr chosen from DIR
     movierec train --data DIR --out ART --dim 128   # dim as given, the rest chosen
@@ -66,7 +66,8 @@ class Shape:
 
 # What the auto fields were before they followed the data. The pair objectives and ALS keep
 # them (no rule was measured for those); cbow's rules below start from them.
-FIXED: dict[str, Any] = {"dim": 256, "epochs": 30, "keep": 0.6, "lr": 0.005, "popularity": 1.0}
+FIXED: dict[str, Any] = {"dim": 256, "epochs": 30, "keep": 0.6, "lr": 0.005, "popularity": 1.0,
+                         "ease": 0.0}  # fmt: skip
 
 # Early stopping trains twice (on a holdout's training part, then on everything) and scores
 # the holdout after every epoch; past this many liked ratings the epochs follow the rule
@@ -102,18 +103,22 @@ def _cbow(shape: Shape, early_stopping: bool) -> dict[str, tuple[Any, str]]:
     ends training, dim, lr and keep moved NDCG@10 by less than one holdout's noise (0.005)."""
     epochs: tuple[Any, str]
     popularity: tuple[Any, str]
+    ease: tuple[Any, str]
     if shape.liked > EARLY_STOPPING_MAX_LIKED:
         why = f"{shape.liked:,} liked ratings: too many to train twice for early stopping"
-        epochs, popularity = (FIXED["epochs"], why), (1.0, why)
+        epochs, popularity, ease = (FIXED["epochs"], why), (1.0, why), (0.0, why)
     elif early_stopping:
         epochs = (0, f"{shape.liked:,} liked ratings: early stopping on a holdout")
         popularity = (0, "chosen on the holdout with the epochs")
+        ease = (-1.0, "chosen on the holdout after the epochs")
     else:
         epochs = (FIXED["epochs"], "no holdout run")
         popularity = (1.0, "no holdout run (epochs given or trained directly): as trained")
+        ease = (0.0, "no holdout run: cbow alone")
     return {
         "epochs": epochs,
         "popularity": popularity,
+        "ease": ease,
         "dim": (256, "128 and 512 within noise of 256 on every shape; 128 cut coverage on "
                 "sparse data (0.083 -> 0.070), 512 costs twice the time"),
         "lr": (0.005, "0.0025 within noise at 1.5-2x the epochs; 0.01 and 0.02 overshoot "

@@ -28,6 +28,10 @@ def normalize_rows(x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
     return np.ascontiguousarray(x / np.maximum(norms, 1e-12), dtype=np.float32)
 
 
+def _mean_length(x: npt.NDArray[np.float32]) -> float:
+    return float(np.linalg.norm(x, axis=1).mean()) if len(x) else 0.0
+
+
 def served_tables(
     embeddings: Embeddings, config: TrainConfig
 ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32], Aggregation]:
@@ -39,9 +43,16 @@ def served_tables(
         aggregation = AlsAggregation(config.like_threshold, config.regularization,
                                      config.alpha, inline_stars=4.0)  # fmt: skip
     elif config.objective == "cbow":
-        vectors = normalize_rows(embeddings.inp)
+        vectors, out = normalize_rows(embeddings.inp), embeddings.out
+        if config.ease > 0 and embeddings.ease is not None:
+            # [unit rows, weight * P] . [out, Q]: cbow's score plus weight * EASE's, with Q
+            # scaled to cbow's output vectors (P's rows have mean length 1, as cbow's do)
+            left, right = embeddings.ease.left, embeddings.ease.right
+            scale = _mean_length(out) / max(_mean_length(right), 1e-12)
+            vectors = np.hstack([vectors, config.ease * left]).astype(np.float32)
+            out = np.hstack([out, scale * right])
         bias = config.popularity * embeddings.bias[:, None]
-        indexed = np.hstack([embeddings.out, bias]).astype(np.float32)
+        indexed = np.hstack([out, bias]).astype(np.float32)
         aggregation = MeanAggregation(config.like_threshold, append_one=True)
     else:
         vectors = indexed = normalize_rows(embeddings.inp)
@@ -65,7 +76,8 @@ def export(
 
     * cbow: the output vectors with the output bias (times ``popularity``) as one extra
       dimension, and the query gets a constant 1 appended, so inner-product search ranks by
-      exactly the trained score <query, out_j> + popularity * bias_j.
+      exactly the trained score <query, out_j> + popularity * bias_j. With an EASE part
+      (``config.ease`` > 0) each row of both tables continues with its low-rank factors.
     * sgns, softmax: the L2-normalised input vectors themselves, so similarities are cosines
       (the notebook's recipe).
     * als: the raw item factors, in ``vectors.npy`` and the index; the query is ALS's

@@ -21,6 +21,7 @@ import numpy.typing as npt
 import pandas as pd
 
 from movierec.artifacts import MeanAggregation
+from trainer import ease
 from trainer.config import TrainConfig
 from trainer.corpus import Corpus, build_corpus
 from trainer.embeddings import Embeddings
@@ -39,6 +40,13 @@ PATIENCE = 10  # epochs without a better score before early stopping gives up
 # over 1 that one must show to be kept (below it, the ranking stays as trained).
 POPULARITY = (1.0, 1.5, 2.0, 3.0)
 POPULARITY_GAIN = 0.02
+# An EASE part's weights against cbow's unit rows (trainer/ease.py), the relative NDCG@10 gain
+# over cbow alone a blend must show to be kept (it adds ease.RANK dimensions to every search),
+# and how close EASE alone must come to cbow for a blend to be tried (measured: within 10% on
+# the dense 1,600 core, where blends gained ~2%; 20% above it on generated data).
+EASE_WEIGHTS = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
+EASE_GAIN = 0.02
+EASE_ALONE = 0.85
 
 
 def carve(data: MovieLens, seed: int = HOLDOUT_SEED) -> tuple[MovieLens, pd.DataFrame]:
@@ -82,15 +90,29 @@ class HoldoutScorer:
     def __call__(self, embeddings: Embeddings) -> Scores:
         return self.each(embeddings, (1.0,))[0]
 
-    def each(self, embeddings: Embeddings, popularity: Sequence[float]) -> list[Scores]:
+    def each(
+        self, embeddings: Embeddings, popularity: Sequence[float], config: TrainConfig | None = None
+    ) -> list[Scores]:
         """Scores with the index's bias column (cbow's popularity prior) weighted by each of
-        ``popularity`` in turn; the rest of the ranking is computed once."""
-        vectors, indexed, aggregation = served_tables(embeddings, self.config)
+        ``popularity`` in turn; the rest of the ranking is computed once. ``config``: serve
+        the tables with these settings instead of the scorer's (another EASE weight)."""
+        vectors, indexed, aggregation = served_tables(embeddings, config or self.config)
         append_one = isinstance(aggregation, MeanAggregation) and aggregation.append_one
         bias = indexed[:, -1] if append_one else np.zeros(len(indexed), np.float32)
         items = indexed[:, :-1] if append_one else indexed
+        return self.ranked(vectors, items, bias, popularity)
+
+    def ranked(
+        self,
+        vectors: npt.NDArray[np.float32],
+        items: npt.NDArray[np.float32],
+        bias: npt.NDArray[np.float32],
+        popularity: Sequence[float],
+    ) -> list[Scores]:
+        """Scores of the ranking by <normalised sum of the history's ``vectors``, ``items``>
+        + weight * ``bias``, for each weight of ``popularity``."""
         ranked: list[dict[int, list[int]]] = [{} for _ in popularity]
-        n = len(indexed)
+        n = len(items)
         for lo in range(0, len(self.users), 1024):  # bounded memory on large catalogues
             users = self.users[lo : lo + 1024]
             history = np.zeros((len(users), n), np.float32)
@@ -124,36 +146,66 @@ def _expand(
 
 
 @dataclass(frozen=True)
+class Blend:
+    """What the holdout said of an EASE part beside cbow (trainer/ease.py)."""
+
+    weight: float  # 0: cbow alone
+    lam: float  # EASE's L2 strength (0 with weight 0 when none was fitted)
+    column: int  # the popularity candidate chosen with it
+    scores: Scores | None  # the blend's holdout scores (None: cbow alone)
+    tried: dict[str, float]  # "lambda 120" / "weight 0.5" -> holdout NDCG@10
+    why: str
+
+
+@dataclass(frozen=True)
 class Stopped:
     """What early stopping found on the holdout."""
 
     epochs: int  # the best number of epochs
-    popularity: float  # the bias weight chosen at that epoch (1 unless asked to choose)
+    popularity: float  # the bias weight chosen at that epoch (as given unless asked to choose)
+    column: int  # the popularity candidate chosen (its column of the curve)
     curve: list[list[Scores]]  # after each epoch, one entry per popularity candidate
     candidates: tuple[float, ...]
     seconds: float  # training and scoring on the holdout
+    blend: Blend | None = None  # None: EASE was not considered (config.ease 0)
+
+    @property
+    def ease(self) -> float:
+        return self.blend.weight if self.blend else 0.0
+
+    @property
+    def ease_lambda(self) -> float:
+        return self.blend.lam if self.blend and self.blend.weight else 0.0
 
     @property
     def scores(self) -> Scores:
-        """The chosen epoch's and popularity's scores (not smoothed)."""
-        return self.curve[self.epochs - 1][self.candidates.index(self.popularity)]
+        """The chosen settings' scores (not smoothed)."""
+        if self.blend and self.blend.scores:
+            return self.blend.scores
+        return self.curve[self.epochs - 1][self.column]
 
     @property
     def ndcg(self) -> float:
-        """The chosen epoch's NDCG@10 averaged with its neighbours', as it was chosen."""
-        column = self.candidates.index(self.popularity)
-        return float(_smooth([row[column].ndcg_10 for row in self.curve])[self.epochs - 1])
+        """The chosen epoch's NDCG@10 averaged with its neighbours', as it was chosen (with
+        an EASE part: the blend's)."""
+        if self.blend and self.blend.scores:
+            return self.blend.scores.ndcg_10
+        return float(_smooth([row[self.column].ndcg_10 for row in self.curve])[self.epochs - 1])
 
     def record(self) -> dict[str, Any]:
         at_best = {
             f"{p:g}": round(float(_smooth([r[i].ndcg_10 for r in self.curve])[self.epochs - 1]), 4)
             for i, p in enumerate(self.candidates)
         }
-        return {
+        record: dict[str, Any] = {
             "ndcg_curve": [round(row[0].ndcg_10, 4) for row in self.curve],
             "popularity_at_best": at_best,
             "holdout_seconds": round(self.seconds, 1),
         }
+        if self.blend:
+            record["ease"] = {"weight": self.blend.weight, "lambda": self.blend.lam,
+                              "ndcg": self.blend.tried, "why": self.blend.why}  # fmt: skip
+        return record
 
 
 def stop_early(
@@ -167,36 +219,92 @@ def stop_early(
     epoch, and stop once the score has not improved for ``patience`` epochs. The best epoch
     count is the one with the highest NDCG@10 averaged over its neighbours (one epoch's
     figure moves by ~0.005 at random). When ``config.popularity`` is auto, the bias weights of
-    POPULARITY are scored too and one above 1 is kept only if it beats 1 by POPULARITY_GAIN."""
+    POPULARITY are scored too and one above 1 is kept only if it beats 1 by POPULARITY_GAIN.
+    Unless ``config.ease`` is 0, an EASE part is then weighed on the same holdout (_blend)."""
     start = time.perf_counter()
     fit, held = carve(data, HOLDOUT_SEED + config.seed)
     corpus = build_corpus(fit, config.like_threshold, config.min_count)
     candidates = POPULARITY if config.popularity == 0 else (1.0,)
-    scorer = HoldoutScorer(
-        corpus, held, dataclasses.replace(config, popularity=config.popularity or 1.0)
-    )
+    plain = dataclasses.replace(config, popularity=config.popularity or 1.0, ease=0.0)
+    scorer = HoldoutScorer(corpus, held, plain)
     curve: list[list[Scores]] = []
 
     def after_epoch(embeddings: Embeddings) -> bool:
         curve.append(scorer.each(embeddings, candidates))
         return len(curve) - 1 - _best([row[0].ndcg_10 for row in curve]) >= patience
 
-    train(
-        corpus,
-        dataclasses.replace(config, epochs=max_epochs, popularity=config.popularity or 1.0),
-        show_progress,
-        after_epoch=after_epoch,
-    )
+    train(corpus, dataclasses.replace(plain, epochs=max_epochs), show_progress,
+          after_epoch=after_epoch)  # fmt: skip
     best = _best([row[0].ndcg_10 for row in curve])
     at_best = [_smooth([row[i].ndcg_10 for row in curve])[best] for i in range(len(candidates))]
-    popularity = config.popularity or 1.0
+    column = 0
     if config.popularity == 0:
         pick = int(np.argmax(at_best))
         if at_best[pick] >= at_best[0] * (1 + POPULARITY_GAIN):
-            popularity = candidates[pick]
+            column = pick
     log.info("holdout NDCG@10 peaked after %d of %d epochs, at %.4f (popularity %g)", best + 1,
-             len(curve), at_best[candidates.index(popularity)], popularity)  # fmt: skip
-    return Stopped(best + 1, popularity, curve, candidates, time.perf_counter() - start)
+             len(curve), at_best[column], candidates[column] * plain.popularity)  # fmt: skip
+    blend = None
+    if config.ease != 0:
+        blend = _blend(corpus, scorer, config, best + 1, candidates, column, at_best[column])
+        column = blend.column
+    popularity = candidates[column] * plain.popularity
+    seconds = time.perf_counter() - start
+    return Stopped(best + 1, popularity, column, curve, candidates, seconds, blend)
+
+
+def _blend(
+    corpus: Corpus,
+    scorer: HoldoutScorer,
+    config: TrainConfig,
+    epochs: int,
+    candidates: tuple[float, ...],
+    column: int,
+    cbow_ndcg: float,
+) -> Blend:
+    """EASE's lambda (unless given) from EASE alone on the holdout, then the weight (unless
+    given) from cbow retrained to ``epochs`` plus the EASE part at each of EASE_WEIGHTS, with
+    every popularity candidate. An auto weight is kept only if the blend beats cbow alone by
+    EASE_GAIN; a catalogue over ease.MAX_ROWS rows, or EASE alone far below cbow, is not
+    blended."""
+    rows = len(corpus.movies)
+    if rows > ease.MAX_ROWS:
+        return Blend(0.0, 0.0, column, None, {}, f"{rows:,} movies: EASE's matrix is too large")
+    g = ease.gram(corpus.baskets, rows)
+    tried: dict[str, float] = {}
+    lam = config.ease_lambda
+    if not lam:  # lambdas in increasing order; stop two steps past the best
+        best, since_best = -1.0, 0
+        zero = np.zeros(rows, np.float32)
+        for step in ease.lambdas(corpus.baskets, rows):
+            factors = ease.fit(g, step, config.seed)
+            ndcg = scorer.ranked(factors.left, factors.right, zero, (0.0,))[0].ndcg_10
+            tried[f"lambda {step:g}"] = round(ndcg, 4)
+            best, lam, since_best = (ndcg, step, 0) if ndcg > best else (best, lam, since_best + 1)
+            if since_best == 2:
+                break
+        if config.ease < 0 and best < EASE_ALONE * cbow_ndcg:
+            why = f"EASE alone {best:.4f} against cbow's {cbow_ndcg:.4f} on the holdout"
+            return Blend(0.0, lam, column, None, tried, why)
+    factors = ease.fit(g, lam, config.seed)
+    trained = train(corpus, dataclasses.replace(scorer.config, epochs=epochs), False)
+    blended = dataclasses.replace(trained, ease=factors)
+    alone = scorer.each(trained, (candidates[column],))[0]
+    weights = (config.ease,) if config.ease > 0 else EASE_WEIGHTS
+    results = {}
+    for weight in weights:
+        with_ease = dataclasses.replace(scorer.config, ease=weight)
+        for i, s in enumerate(scorer.each(blended, candidates, with_ease)):
+            results[weight, i] = s
+        tried[f"weight {weight:g}"] = round(max(results[weight, i].ndcg_10
+                                                for i in range(len(candidates))), 4)  # fmt: skip
+    (weight, pick), s = max(results.items(), key=lambda kv: kv[1].ndcg_10)
+    if config.ease < 0 and s.ndcg_10 < alone.ndcg_10 * (1 + EASE_GAIN):
+        why = f"the best blend {s.ndcg_10:.4f} against cbow's {alone.ndcg_10:.4f} on the holdout"
+        return Blend(0.0, lam, column, None, tried, why)
+    why = f"NDCG@10 {s.ndcg_10:.4f} on the holdout, cbow alone {alone.ndcg_10:.4f}"
+    log.info("EASE part kept: lambda %g, weight %g (%s)", lam, weight, why)
+    return Blend(weight, lam, pick, s, tried, why)
 
 
 def _smooth(curve: list[float], half: int = 2) -> npt.NDArray[np.float64]:

@@ -16,9 +16,10 @@ import pandas as pd
 from movierec.errors import UsageError
 from trainer import distributed
 from trainer.config import TrainConfig
-from trainer.corpus import build_corpus
+from trainer.corpus import Corpus, build_corpus
 from trainer.dataset import Dataset, from_movielens, load_dataset, to_movielens
 from trainer.defaults import Shape, resolve
+from trainer.embeddings import Embeddings
 from trainer.evaluate import Scores, evaluate
 from trainer.export import export
 from trainer.holdout import POPULARITY_GAIN, stop_early
@@ -94,6 +95,8 @@ def train_and_export(
             embeddings = train(corpus, config, show_progress, checkpoint, resume)
         if distributed.rank() != 0:
             return None
+        if config.ease > 0:
+            embeddings = _with_ease(embeddings, corpus, config)
     return export(Path(out), corpus, embeddings, config, source, {"auto": auto, **(record or {})})
 
 
@@ -125,8 +128,28 @@ def _stop_early(
             "why": "the bias weight with the best holdout NDCG@10 at that epoch, if "
             f"{POPULARITY_GAIN:.0%} above weight 1",
         }
+    if config.ease < 0:
+        config = dataclasses.replace(config, ease=stopped.ease)
+        auto["chosen"]["ease"] = {"value": stopped.ease, "why": stopped.blend.why if
+                                  stopped.blend else "not weighed"}  # fmt: skip
+    if config.ease > 0 and config.ease_lambda == 0:
+        config = dataclasses.replace(config, ease_lambda=stopped.ease_lambda)
     auto["holdout"] = stopped.record()
     return config
+
+
+def _with_ease(embeddings: Embeddings, corpus: Corpus, config: TrainConfig) -> Embeddings:
+    """The embeddings with EASE's low-rank weights over the whole corpus (trainer/ease.py)."""
+    from trainer import ease
+
+    rows = len(corpus.movies)
+    if rows > ease.MAX_ROWS:
+        raise UsageError(f"--ease needs at most {ease.MAX_ROWS:,} movies with a row, not {rows:,}")
+    lam = config.ease_lambda or ease.lambdas(corpus.baskets, rows)[ease.DEFAULT_STEP]
+    start = time.perf_counter()
+    factors = ease.fit(ease.gram(corpus.baskets, rows), lam, config.seed)
+    seconds = embeddings.seconds + time.perf_counter() - start
+    return dataclasses.replace(embeddings, ease=factors, seconds=seconds)
 
 
 def holdout_scores(fit: MovieLens, held: pd.DataFrame, config: TrainConfig) -> tuple[Scores, float]:

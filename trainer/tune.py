@@ -70,7 +70,8 @@ class Trial:
     def row(self) -> dict[str, Any]:
         s = self.scores
         return {"changes": self.changes, "epochs": self.stopped.epochs,
-                "popularity": self.stopped.popularity, "ndcg@10": round(self.ndcg, 4),
+                "popularity": self.stopped.popularity, "ease": self.stopped.ease,
+                "ndcg@10": round(self.ndcg, 4),
                 "recall@20": round(s.recall_20, 4), "coverage@10": round(s.coverage_10, 4),
                 "seconds": round(self.stopped.seconds, 1)}  # fmt: skip
 
@@ -114,8 +115,9 @@ def search(
                     trial = run(changes)
                     if trial.ndcg > best.ndcg * (1 + MIN_GAIN):
                         best, improved = trial, True
-    winner = dataclasses.replace(best.config, epochs=best.stopped.epochs,
-                                 popularity=best.stopped.popularity)  # fmt: skip
+    s = best.stopped
+    winner = dataclasses.replace(best.config, epochs=s.epochs, popularity=s.popularity,
+                                 ease=s.ease, ease_lambda=s.ease_lambda)  # fmt: skip
     record = {"budget_s": budget, "seconds": round(time.perf_counter() - start, 1),
               "trials": [t.row() for t in trials], "winner": trials.index(best)}  # fmt: skip
     return winner, {"tune": record}
@@ -158,12 +160,12 @@ def table(record: dict[str, Any]) -> str:
                 for t in record["trials"]]  # fmt: skip
     width = max(len("settings (vs the default)"), *map(len, settings))
     lines = [f"{'':2}{'#':>3}  {'settings (vs the default)':{width}} {'epochs':>6} {'pop':>4} "
-             f"{'ndcg@10':>8} {'recall@20':>9} {'cov@10':>7} {'s':>6}"]  # fmt: skip
+             f"{'ease':>4} {'ndcg@10':>8} {'recall@20':>9} {'cov@10':>7} {'s':>6}"]  # fmt: skip
     for i, (t, changed) in enumerate(zip(record["trials"], settings, strict=True)):
         star = "*" if i == record["winner"] else ""
         lines.append(f"{star:2}{i:>3}  {changed:{width}} {t['epochs']:>6} {t['popularity']:>4g} "
-                     f"{t['ndcg@10']:8.4f} {t['recall@20']:9.4f} {t['coverage@10']:7.4f} "
-                     f"{t['seconds']:6.1f}")  # fmt: skip
+                     f"{t.get('ease', 0):>4g} {t['ndcg@10']:8.4f} {t['recall@20']:9.4f} "
+                     f"{t['coverage@10']:7.4f} {t['seconds']:6.1f}")  # fmt: skip
     lines.append("(on a holdout: a random 20% of each user's ratings, trained on the rest; "
                  "* was kept and trained on all the data)")  # fmt: skip
     return "\n".join(lines)
