@@ -43,8 +43,7 @@ POPULARITY_GAIN = 0.02
 # An EASE part's weights against cbow's unit rows (trainer/ease.py), the relative NDCG@10 gain
 # over cbow alone a blend must show to be kept (it adds ease.RANK dimensions to every search),
 # and how close EASE alone must come to cbow for a blend to be tried (measured: 8-12% below
-# it on ml-latest-small's shapes, where blends gained under 2%; 20% above it on generated data,
-# weight 16 kept).
+# it on ml-latest-small's shapes, where blends gained under 2%; 20% above it on generated data).
 EASE_WEIGHTS = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
 EASE_GAIN = 0.02
 EASE_ALONE = 0.85
@@ -151,7 +150,7 @@ class Blend:
     """What the holdout said of an EASE part beside cbow (trainer/ease.py)."""
 
     weight: float  # 0: cbow alone
-    lam: float  # EASE's L2 strength (0 with weight 0 when none was fitted)
+    lam: float  # EASE's L2 strength found (0 when none was fitted)
     column: int  # the popularity candidate chosen with it
     scores: Scores | None  # the blend's holdout scores (None: cbow alone)
     tried: dict[str, float]  # "lambda 120" / "weight 0.5" -> holdout NDCG@10
@@ -274,31 +273,32 @@ def _blend(
     g = ease.gram(corpus.baskets, rows)
     tried: dict[str, float] = {}
     lam = config.ease_lambda
-    if not lam:  # lambdas in increasing order; stop two steps past the best
+    if lam:
+        factors = ease.fit(g, lam, config.seed)
+    else:  # lambdas in increasing order; stop two steps past the best, keep the best's factors
         best, since_best = -1.0, 0
         zero = np.zeros(rows, np.float32)
         for step in ease.lambdas(corpus.baskets, rows):
-            factors = ease.fit(g, step, config.seed)
-            ndcg = scorer.ranked(factors.left, factors.right, zero, (0.0,))[0].ndcg_10
+            fitted = ease.fit(g, step, config.seed)
+            ndcg = scorer.ranked(fitted.left, fitted.right, zero, (0.0,))[0].ndcg_10
             tried[f"lambda {step:g}"] = round(ndcg, 4)
-            best, lam, since_best = (ndcg, step, 0) if ndcg > best else (best, lam, since_best + 1)
+            since_best += 1
+            if ndcg > best:
+                best, lam, factors, since_best = ndcg, step, fitted, 0
             if since_best == 2:
                 break
         if config.ease < 0 and best < EASE_ALONE * cbow_ndcg:
             why = f"EASE alone {best:.4f} against cbow's {cbow_ndcg:.4f} on the holdout"
             return Blend(0.0, lam, column, None, tried, why)
-    factors = ease.fit(g, lam, config.seed)
     trained = train(corpus, dataclasses.replace(scorer.config, epochs=epochs), False)
     blended = dataclasses.replace(trained, ease=factors)
     alone = scorer.each(trained, (candidates[column],))[0]
     weights = (config.ease,) if config.ease > 0 else EASE_WEIGHTS
-    results = {}
+    results: dict[tuple[float, int], Scores] = {}
     for weight in weights:
-        with_ease = dataclasses.replace(scorer.config, ease=weight)
-        for i, s in enumerate(scorer.each(blended, candidates, with_ease)):
-            results[weight, i] = s
-        tried[f"weight {weight:g}"] = round(max(results[weight, i].ndcg_10
-                                                for i in range(len(candidates))), 4)  # fmt: skip
+        each = scorer.each(blended, candidates, dataclasses.replace(scorer.config, ease=weight))
+        results.update(((weight, i), s) for i, s in enumerate(each))
+        tried[f"weight {weight:g}"] = round(max(s.ndcg_10 for s in each), 4)
     (weight, pick), s = max(results.items(), key=lambda kv: kv[1].ndcg_10)
     if config.ease < 0 and s.ndcg_10 < alone.ndcg_10 * (1 + EASE_GAIN):
         why = f"the best blend {s.ndcg_10:.4f} against cbow's {alone.ndcg_10:.4f} on the holdout"

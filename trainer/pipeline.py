@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from movierec.errors import UsageError
-from trainer import distributed
+from trainer import distributed, ease
 from trainer.config import TrainConfig
 from trainer.corpus import Corpus, build_corpus
 from trainer.dataset import Dataset, from_movielens, load_dataset, to_movielens
@@ -140,8 +140,6 @@ def _stop_early(
 
 def _with_ease(embeddings: Embeddings, corpus: Corpus, config: TrainConfig) -> Embeddings:
     """The embeddings with EASE's low-rank weights over the whole corpus (trainer/ease.py)."""
-    from trainer import ease
-
     rows = len(corpus.movies)
     if rows > ease.MAX_ROWS:
         raise UsageError(f"--ease needs at most {ease.MAX_ROWS:,} movies with a row, not {rows:,}")
