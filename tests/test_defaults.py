@@ -42,6 +42,7 @@ def test_explicit_settings_win() -> None:
 
 
 @pytest.mark.parametrize("bad", [{"ease": -0.5}, {"ease_lambda": -1.0},
+                                 {"ease_debias": -0.5}, {"ease_debias": 1.5},
                                  {"objective": "sgns", "ease": 1.0}])  # fmt: skip
 def test_bad_ease_settings_are_refused(bad: dict[str, object]) -> None:
     with pytest.raises(ValueError, match="ease"):

@@ -17,7 +17,7 @@ from trainer.config import TrainConfig
 from trainer.corpus import build_corpus
 from trainer.evaluate import evaluate
 from trainer.export import export
-from trainer.holdout import HoldoutScorer, carve, stop_early
+from trainer.holdout import TOLERANCE, HoldoutScorer, _pick, carve, stop_early
 from trainer.movielens import load
 from trainer.pairs import Baskets
 from trainer.pipeline import run_training
@@ -69,12 +69,45 @@ def test_holdout_weighs_the_ease_part(sample_dir: Path) -> None:
         assert stopped.blend.scores is None and stopped.ease_lambda == 0
 
 
+def test_debias_divides_each_column_by_its_count() -> None:
+    rng = np.random.default_rng(1)
+    baskets = Baskets.from_lists([sorted(rng.choice(20, 6, replace=False)) for _ in range(100)])
+    g = ease.gram(baskets, 20)
+    factors = ease.fit(g, 30.0)
+    counts = g.diagonal().numpy()
+    assert ease.debias(factors, counts, 0.0) is factors
+    debiased = ease.debias(factors, counts, 0.5)
+    undone = (debiased.left @ debiased.right.T) * np.sqrt(counts)[None, :]
+    plain = factors.left @ factors.right.T
+    scale = np.linalg.norm(undone) / np.linalg.norm(plain)  # one constant for the whole matrix
+    np.testing.assert_allclose(undone, scale * plain, atol=1e-5)
+    assert np.linalg.norm(debiased.right, axis=1).mean() == pytest.approx(
+        np.linalg.norm(factors.right, axis=1).mean(), rel=1e-5
+    )
+
+
+def test_a_tie_on_the_holdout_goes_to_coverage() -> None:
+    ndcg, coverage = [0.200, 0.199, 0.190, 0.2005], [0.40, 0.50, 0.90, 0.30]
+    assert _pick(ndcg, coverage) == 1  # within 1% of the best, the widest coverage
+    assert _pick([0.2, 0.1], [0.1, 0.9]) == 0  # beyond it, NDCG@10 decides
+    assert TOLERANCE < 0.02  # a tie is narrower than the gains the holdout asks for
+
+
 def test_explicit_weight_is_kept_and_lambda_chosen(sample_dir: Path) -> None:
     config = TrainConfig(threads=1, dim=32, ease=0.5, popularity=2.0)  # popularity as given
     stopped = stop_early(load(sample_dir), config, max_epochs=12, patience=3)
     assert stopped.ease == 0.5 and stopped.ease_lambda > 0 and stopped.popularity == 2.0
+    assert stopped.ease_debias in ease.DEBIAS
     assert list(stopped.blend.tried) == [*(k for k in stopped.blend.tried if "lambda" in k),
+                                         *(f"debias {b:g}" for b in ease.DEBIAS),
                                          "weight 0.5"]  # fmt: skip
+
+
+def test_explicit_debias_is_kept(sample_dir: Path) -> None:
+    config = TrainConfig(threads=1, dim=32, ease=0.5, ease_lambda=50.0, ease_debias=0.25)
+    stopped = stop_early(load(sample_dir), config, max_epochs=6, patience=2)
+    assert (stopped.ease_lambda, stopped.ease_debias) == (50.0, 0.25)
+    assert [k for k in stopped.blend.tried if "lambda" in k or "debias" in k] == ["debias 0.25"]
 
 
 def test_catalogue_too_large_for_ease_is_not_blended(
@@ -93,6 +126,7 @@ def test_trained_artifact_records_the_blend(sample_dir: Path, tmp_path: Path) ->
     assert settings["ease"] == 1.0 and settings["ease_lambda"] > 0
     holdout_record = manifest["training"]["auto"]["holdout"]["ease"]
     assert holdout_record["weight"] == 1.0 and holdout_record["lambda"] == settings["ease_lambda"]
+    assert holdout_record["debias"] == settings["ease_debias"] and settings["ease_debias"] >= 0
     saved = json.loads((tmp_path / "a" / "manifest.json").read_text())
     assert saved["dim"] == 16 + ease.RANK
     recommender = load_recommender(tmp_path / "a")

@@ -32,6 +32,7 @@ class TrainConfig:
     popularity: float = 0.0  # cbow: weight of the popularity prior (bias) in the index; 0: auto
     ease: float = -1.0  # cbow: weight of a low-rank EASE part in the index (ease.py); -1: auto
     ease_lambda: float = 0.0  # cbow: EASE's L2 strength; 0: chosen on the holdout with ease
+    ease_debias: float = -1.0  # cbow: EASE's columns / liked count^this; -1: holdout's, else 0
     partners: int = 10  # partners drawn per liked movie per epoch, instead of all n^2 pairs
     window: int = 0  # 0: partners from the whole history; k: within k of it in time order
     like_threshold: float = 3.5  # ratings >= this are "watched and liked" (pairs and queries)
@@ -71,6 +72,8 @@ class TrainConfig:
             raise ValueError("min_count, window, subsample and weight_decay must not be negative")
         if self.ease_lambda < 0:
             raise ValueError(f"ease_lambda must be 0 (auto) or more, got {self.ease_lambda}")
+        if not (self.ease_debias == -1 or 0 <= self.ease_debias <= 1):
+            raise ValueError(f"ease_debias must be -1 (auto) or in [0, 1], got {self.ease_debias}")
         if self.ease > 0 and self.objective != "cbow":
             raise ValueError("ease blends EASE into cbow's index: cbow only")
         if self.min_count == 0 and not (self.side_info and self.objective == "cbow"):

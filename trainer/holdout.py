@@ -24,7 +24,7 @@ from movierec.artifacts import MeanAggregation
 from trainer import ease
 from trainer.config import TrainConfig
 from trainer.corpus import Corpus, build_corpus
-from trainer.embeddings import Embeddings
+from trainer.embeddings import Embeddings, LowRank
 from trainer.evaluate import Scores, relevant_sets, score
 from trainer.export import served_tables
 from trainer.movielens import MovieLens
@@ -40,6 +40,13 @@ PATIENCE = 10  # epochs without a better score before early stopping gives up
 # over 1 that one must show to be kept (below it, the ranking stays as trained).
 POPULARITY = (1.0, 1.5, 2.0, 3.0)
 POPULARITY_GAIN = 0.02
+# The bias weights a blend is scored with (times a given --popularity): lower ones too, as the
+# EASE part brings popularity of its own (generated ml-1m shape, test: Recall@20 0.218 -> 0.220,
+# Coverage@10 0.357 -> 0.383 at the same NDCG@10).
+BLEND_POPULARITY = (0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
+# Among an EASE part's settings, holdout NDCG@10 within this share of the best counts as a tie
+# (one holdout's figure moves by ~2% at random), and a tie goes to the wider Coverage@10.
+TOLERANCE = 0.01
 # An EASE part's weights against cbow's unit rows (trainer/ease.py), the relative NDCG@10 gain
 # over cbow alone a blend must show to be kept (it adds ease.RANK dimensions to every search),
 # and how close EASE alone must come to cbow for a blend to be tried (measured: 8-12% below
@@ -151,7 +158,8 @@ class Blend:
 
     weight: float  # 0: cbow alone
     lam: float  # EASE's L2 strength found (0 when none was fitted)
-    column: int  # the popularity candidate chosen with it
+    debias: float  # the popularity correction chosen with it (ease.DEBIAS)
+    popularity: float  # its bias weight, a multiple of the given one (cbow's if none is kept)
     scores: Scores | None  # the blend's holdout scores (None: cbow alone)
     tried: dict[str, float]  # "lambda 120" / "weight 0.5" -> holdout NDCG@10
     why: str
@@ -163,7 +171,7 @@ class Stopped:
 
     epochs: int  # the best number of epochs
     popularity: float  # the bias weight chosen at that epoch (as given unless asked to choose)
-    column: int  # the popularity candidate chosen (its column of the curve)
+    column: int  # cbow's popularity candidate chosen (its column of the curve)
     curve: list[list[Scores]]  # after each epoch, one entry per popularity candidate
     candidates: tuple[float, ...]
     seconds: float  # training and scoring on the holdout
@@ -176,6 +184,10 @@ class Stopped:
     @property
     def ease_lambda(self) -> float:
         return self.blend.lam if self.blend and self.blend.weight else 0.0
+
+    @property
+    def ease_debias(self) -> float:
+        return self.blend.debias if self.blend and self.blend.weight else 0.0
 
     @property
     def scores(self) -> Scores:
@@ -204,7 +216,8 @@ class Stopped:
         }
         if self.blend:
             record["ease"] = {"weight": self.blend.weight, "lambda": self.blend.lam,
-                              "ndcg": self.blend.tried, "why": self.blend.why}  # fmt: skip
+                              "debias": self.blend.debias, "ndcg": self.blend.tried,
+                              "why": self.blend.why}  # fmt: skip
         return record
 
 
@@ -246,9 +259,10 @@ def stop_early(
              len(curve), at_best[column], candidates[column] * plain.popularity)  # fmt: skip
     blend = None
     if config.ease != 0:
-        blend = _blend(corpus, scorer, config, best + 1, candidates, column, at_best[column])
-        column = blend.column
-    popularity = candidates[column] * plain.popularity
+        blend = _blend(corpus, scorer, config, best + 1, candidates[column], at_best[column])
+    popularity = (
+        blend.popularity if blend and blend.weight else candidates[column]
+    ) * plain.popularity
     seconds = time.perf_counter() - start
     return Stopped(best + 1, popularity, column, curve, candidates, seconds, blend)
 
@@ -258,54 +272,80 @@ def _blend(
     scorer: HoldoutScorer,
     config: TrainConfig,
     epochs: int,
-    candidates: tuple[float, ...],
-    column: int,
+    popularity: float,
     cbow_ndcg: float,
 ) -> Blend:
-    """EASE's lambda (unless given) from EASE alone on the holdout, then the weight (unless
-    given) from cbow retrained to ``epochs`` plus the EASE part at each of EASE_WEIGHTS, with
-    every popularity candidate. An auto weight is kept only if the blend beats cbow alone by
-    EASE_GAIN; a catalogue over ease.MAX_ROWS rows, or EASE alone far below cbow, is not
-    blended."""
+    """EASE's lambda (unless given) from EASE alone on the holdout and its popularity
+    correction (unless given) at that lambda, then the weight (unless given) from cbow
+    retrained to ``epochs`` (bias weight ``popularity``) plus the EASE part at each of
+    EASE_WEIGHTS, with each bias weight of BLEND_POPULARITY (if popularity is auto). An auto
+    weight is kept only if the blend beats cbow alone by EASE_GAIN; a catalogue over
+    ease.MAX_ROWS rows, or EASE alone far below cbow, is not blended. Each choice is _pick's
+    (the best NDCG@10, a tie to the wider coverage)."""
     rows = len(corpus.movies)
     if rows > ease.MAX_ROWS:
-        return Blend(0.0, 0.0, column, None, {}, f"{rows:,} movies: EASE's matrix is too large")
+        why = f"{rows:,} movies: EASE's matrix is too large"
+        return Blend(0.0, 0.0, 0.0, popularity, None, {}, why)
     g = ease.gram(corpus.baskets, rows)
+    zero = np.zeros(rows, np.float32)
     tried: dict[str, float] = {}
+
+    def alone(factors: LowRank) -> Scores:
+        return scorer.ranked(factors.left, factors.right, zero, (0.0,))[0]
+
     lam = config.ease_lambda
     if lam:
         factors = ease.fit(g, lam, config.seed)
     else:  # lambdas in increasing order; stop two steps past the best, keep the best's factors
         best, since_best = -1.0, 0
-        zero = np.zeros(rows, np.float32)
         for step in ease.lambdas(corpus.baskets, rows):
             fitted = ease.fit(g, step, config.seed)
-            ndcg = scorer.ranked(fitted.left, fitted.right, zero, (0.0,))[0].ndcg_10
+            ndcg = alone(fitted).ndcg_10
             tried[f"lambda {step:g}"] = round(ndcg, 4)
             since_best += 1
             if ndcg > best:
                 best, lam, factors, since_best = ndcg, step, fitted, 0
             if since_best == 2:
                 break
-        if config.ease < 0 and best < EASE_ALONE * cbow_ndcg:
-            why = f"EASE alone {best:.4f} against cbow's {cbow_ndcg:.4f} on the holdout"
-            return Blend(0.0, lam, column, None, tried, why)
+    counts = g.diagonal().numpy()
+    betas = (config.ease_debias,) if config.ease_debias >= 0 else ease.DEBIAS
+    each = [ease.debias(factors, counts, beta) for beta in betas]
+    scored = [alone(f) for f in each]
+    tried.update((f"debias {b:g}", round(s.ndcg_10, 4)) for b, s in zip(betas, scored, strict=True))
+    chosen = _pick([s.ndcg_10 for s in scored], [s.coverage_10 for s in scored])
+    debias, factors, ease_alone = betas[chosen], each[chosen], scored[chosen].ndcg_10
+    if config.ease < 0 and ease_alone < EASE_ALONE * cbow_ndcg:
+        why = f"EASE alone {ease_alone:.4f} against cbow's {cbow_ndcg:.4f} on the holdout"
+        return Blend(0.0, lam, debias, popularity, None, tried, why)
     trained = train(corpus, dataclasses.replace(scorer.config, epochs=epochs), False)
     blended = dataclasses.replace(trained, ease=factors)
-    alone = scorer.each(trained, (candidates[column],))[0]
+    cbow = scorer.each(trained, (popularity,))[0]
+    candidates = BLEND_POPULARITY if config.popularity == 0 else (1.0,)
     weights = (config.ease,) if config.ease > 0 else EASE_WEIGHTS
-    results: dict[tuple[float, int], Scores] = {}
+    results: list[tuple[float, int, Scores]] = []
     for weight in weights:
-        each = scorer.each(blended, candidates, dataclasses.replace(scorer.config, ease=weight))
-        results.update(((weight, i), s) for i, s in enumerate(each))
-        tried[f"weight {weight:g}"] = round(max(s.ndcg_10 for s in each), 4)
-    (weight, pick), s = max(results.items(), key=lambda kv: kv[1].ndcg_10)
-    if config.ease < 0 and s.ndcg_10 < alone.ndcg_10 * (1 + EASE_GAIN):
-        why = f"the best blend {s.ndcg_10:.4f} against cbow's {alone.ndcg_10:.4f} on the holdout"
-        return Blend(0.0, lam, column, None, tried, why)
-    why = f"NDCG@10 {s.ndcg_10:.4f} on the holdout, cbow alone {alone.ndcg_10:.4f}"
-    log.info("EASE part kept: lambda %g, weight %g (%s)", lam, weight, why)
-    return Blend(weight, lam, pick, s, tried, why)
+        served = dataclasses.replace(scorer.config, ease=weight)
+        by_column = scorer.each(blended, candidates, served)
+        results += [(weight, i, s) for i, s in enumerate(by_column)]
+        tried[f"weight {weight:g}"] = round(max(s.ndcg_10 for s in by_column), 4)
+    best_blend = max(r[2].ndcg_10 for r in results)
+    if config.ease < 0:  # worth its dimensions only with a clear gain
+        results = [r for r in results if r[2].ndcg_10 >= cbow.ndcg_10 * (1 + EASE_GAIN)]
+    if not results:
+        why = f"the best blend {best_blend:.4f} against cbow's {cbow.ndcg_10:.4f} on the holdout"
+        return Blend(0.0, lam, debias, popularity, None, tried, why)
+    weight, column, s = results[_pick([r[2].ndcg_10 for r in results],
+                                    [r[2].coverage_10 for r in results])]  # fmt: skip
+    why = f"NDCG@10 {s.ndcg_10:.4f} on the holdout, cbow alone {cbow.ndcg_10:.4f}"
+    log.info("EASE part kept: lambda %g, debias %g, weight %g (%s)", lam, debias, weight, why)
+    return Blend(weight, lam, debias, candidates[column], s, tried, why)
+
+
+def _pick(ndcg: Sequence[float], coverage: Sequence[float]) -> int:
+    """The index of the best ``ndcg``, or, among those within TOLERANCE of it, of the widest
+    ``coverage`` (the first of equals)."""
+    tied = [i for i, x in enumerate(ndcg) if x >= max(ndcg) * (1 - TOLERANCE)]
+    return max(tied, key=lambda i: coverage[i])
 
 
 def _smooth(curve: list[float], half: int = 2) -> npt.NDArray[np.float64]:

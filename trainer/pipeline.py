@@ -134,6 +134,8 @@ def _stop_early(
                                   stopped.blend else "not weighed"}  # fmt: skip
     if config.ease > 0 and config.ease_lambda == 0:
         config = dataclasses.replace(config, ease_lambda=stopped.ease_lambda)
+    if config.ease > 0 and config.ease_debias < 0:
+        config = dataclasses.replace(config, ease_debias=stopped.ease_debias)
     auto["holdout"] = stopped.record()
     return config
 
@@ -145,7 +147,9 @@ def _with_ease(embeddings: Embeddings, corpus: Corpus, config: TrainConfig) -> E
         raise UsageError(f"--ease needs at most {ease.MAX_ROWS:,} movies with a row, not {rows:,}")
     lam = config.ease_lambda or ease.lambdas(corpus.baskets, rows)[ease.DEFAULT_STEP]
     start = time.perf_counter()
-    factors = ease.fit(ease.gram(corpus.baskets, rows), lam, config.seed)
+    g = ease.gram(corpus.baskets, rows)
+    factors = ease.fit(g, lam, config.seed)
+    factors = ease.debias(factors, g.diagonal().numpy(), max(config.ease_debias, 0.0))
     seconds = embeddings.seconds + time.perf_counter() - start
     return dataclasses.replace(embeddings, ease=factors, seconds=seconds)
 

@@ -117,7 +117,8 @@ def search(
                         best, improved = trial, True
     s = best.stopped
     winner = dataclasses.replace(best.config, epochs=s.epochs, popularity=s.popularity,
-                                 ease=s.ease, ease_lambda=s.ease_lambda)  # fmt: skip
+                                 ease=s.ease, ease_lambda=s.ease_lambda,
+                                 ease_debias=s.ease_debias)  # fmt: skip
     record = {"budget_s": budget, "seconds": round(time.perf_counter() - start, 1),
               "trials": [t.row() for t in trials], "winner": trials.index(best)}  # fmt: skip
     return winner, {"tune": record}
