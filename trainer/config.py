@@ -32,7 +32,7 @@ class TrainConfig:
     popularity: float = 0.0  # cbow: weight of the popularity prior (bias) in the index; 0: auto
     ease: float = -1.0  # cbow: weight of a low-rank EASE part in the index (ease.py); -1: auto
     ease_lambda: float = 0.0  # cbow: EASE's L2 strength; 0: chosen on the holdout with ease
-    ease_debias: float = -1.0  # cbow: EASE's popularity correction (ease.debias); -1: the holdout's
+    ease_debias: float = -1.0  # cbow: EASE's popularity correction (ease.debias); -1: auto
     partners: int = 10  # partners drawn per liked movie per epoch, instead of all n^2 pairs
     window: int = 0  # 0: partners from the whole history; k: within k of it in time order
     like_threshold: float = 3.5  # ratings >= this are "watched and liked" (pairs and queries)

@@ -5,8 +5,8 @@ EASE scores movie j for a user as the sum over their liked movies i of B[i, j], 
 ridge regression of every movie's column on all the others (zero diagonal). Factored as
 B ~ P Q' (rank RANK), that score is "sum of the history's rows of P, inner product with Q":
 the served design itself (one aggregation, one inner-product search). Beside cbow's vectors the
-query is [cbow part, P part] and the index [cbow out, weight * Q, bias], so a holdout can blend
-the two by one weight (``trainer.holdout.stop_early`` chooses it and lambda).
+query is [cbow part, weight * P part] and the index [cbow out, Q, bias], so a holdout can blend
+the two by one weight (``trainer.holdout.stop_early`` chooses it, lambda and ``debias``'s beta).
 
 Where a dataset's relevance is mostly a few broad tastes plus popularity (the generated shapes
 of benchmarks/shapes.py) cbow stops learning after an epoch or two and EASE ranks better; on
@@ -19,7 +19,6 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
-import numpy.typing as npt
 import torch
 
 from trainer.embeddings import LowRank
@@ -82,11 +81,11 @@ def fit(g: torch.Tensor, lam: float, seed: int = 0) -> LowRank:
     return LowRank((left / scale).astype(np.float32), (right * scale).astype(np.float32))
 
 
-def debias(factors: LowRank, counts: npt.NDArray[np.float64], beta: float) -> LowRank:
-    """``factors`` with column j of P Q' divided by ``counts[j]`` ** ``beta`` (each movie's
-    liked count: the Gram matrix's diagonal), Q's mean row length kept."""
+def debias(factors: LowRank, g: torch.Tensor, beta: float) -> LowRank:
+    """``factors`` with column j of P Q' divided by movie j's liked count (the diagonal of
+    Gram matrix ``g``) to the power ``beta``. (The scale of Q is free: served_tables matches it
+    to cbow's output vectors.)"""
     if beta == 0:
         return factors
-    right = factors.right * (np.maximum(counts, 1.0) ** -beta)[:, None]
-    right *= np.linalg.norm(factors.right, axis=1).mean() / np.linalg.norm(right, axis=1).mean()
-    return LowRank(factors.left, right.astype(np.float32))
+    counts = np.maximum(g.diagonal().numpy(), 1.0)
+    return LowRank(factors.left, (factors.right * counts[:, None] ** -beta).astype(np.float32))

@@ -161,7 +161,7 @@ class Blend:
     debias: float  # the popularity correction chosen with it (ease.DEBIAS)
     popularity: float  # its bias weight, a multiple of the given one (cbow's if none is kept)
     scores: Scores | None  # the blend's holdout scores (None: cbow alone)
-    tried: dict[str, float]  # "lambda 120" / "weight 0.5" -> holdout NDCG@10
+    tried: dict[str, float]  # "lambda 120" / "debias 0.25" / "weight 0.5" -> holdout NDCG@10
     why: str
 
 
@@ -216,8 +216,8 @@ class Stopped:
         }
         if self.blend:
             record["ease"] = {"weight": self.blend.weight, "lambda": self.blend.lam,
-                              "debias": self.blend.debias, "ndcg": self.blend.tried,
-                              "why": self.blend.why}  # fmt: skip
+                              "debias": self.blend.debias, "popularity": self.popularity,
+                              "ndcg": self.blend.tried, "why": self.blend.why}  # fmt: skip
         return record
 
 
@@ -260,9 +260,7 @@ def stop_early(
     blend = None
     if config.ease != 0:
         blend = _blend(corpus, scorer, config, best + 1, candidates[column], at_best[column])
-    popularity = (
-        blend.popularity if blend and blend.weight else candidates[column]
-    ) * plain.popularity
+    popularity = (blend.popularity if blend else candidates[column]) * plain.popularity
     seconds = time.perf_counter() - start
     return Stopped(best + 1, popularity, column, curve, candidates, seconds, blend)
 
@@ -307,9 +305,8 @@ def _blend(
                 best, lam, factors, since_best = ndcg, step, fitted, 0
             if since_best == 2:
                 break
-    counts = g.diagonal().numpy()
     betas = (config.ease_debias,) if config.ease_debias >= 0 else ease.DEBIAS
-    each = [ease.debias(factors, counts, beta) for beta in betas]
+    each = [ease.debias(factors, g, beta) for beta in betas]
     scored = [alone(f) for f in each]
     tried.update((f"debias {b:g}", round(s.ndcg_10, 4)) for b, s in zip(betas, scored, strict=True))
     chosen = _pick([s.ndcg_10 for s in scored], [s.coverage_10 for s in scored])

@@ -22,7 +22,7 @@ from trainer.defaults import Shape, resolve
 from trainer.embeddings import Embeddings
 from trainer.evaluate import Scores, evaluate
 from trainer.export import export
-from trainer.holdout import POPULARITY_GAIN, stop_early
+from trainer.holdout import POPULARITY_GAIN, TOLERANCE, stop_early
 from trainer.interactions import Columns
 from trainer.movielens import MovieLens
 from trainer.train import train
@@ -96,7 +96,7 @@ def train_and_export(
         if distributed.rank() != 0:
             return None
         if config.ease > 0:
-            embeddings = _with_ease(embeddings, corpus, config)
+            embeddings, config = _with_ease(embeddings, corpus, config)
     return export(Path(out), corpus, embeddings, config, source, {"auto": auto, **(record or {})})
 
 
@@ -123,11 +123,12 @@ def _stop_early(
     }
     if config.popularity == 0:
         config = dataclasses.replace(config, popularity=stopped.popularity)
-        auto["chosen"]["popularity"] = {
-            "value": stopped.popularity,
-            "why": "the bias weight with the best holdout NDCG@10 at that epoch, if "
-            f"{POPULARITY_GAIN:.0%} above weight 1",
-        }
+        why = (f"the bias weight with the best holdout NDCG@10 at that epoch, if "
+               f"{POPULARITY_GAIN:.0%} above weight 1")  # fmt: skip
+        if stopped.ease:
+            why = (f"chosen with the EASE part's weight: the best holdout NDCG@10, a tie "
+                   f"within {TOLERANCE:.0%} to the wider coverage")  # fmt: skip
+        auto["chosen"]["popularity"] = {"value": stopped.popularity, "why": why}
     if config.ease < 0:
         config = dataclasses.replace(config, ease=stopped.ease)
         auto["chosen"]["ease"] = {"value": stopped.ease, "why": stopped.blend.why if
@@ -140,18 +141,22 @@ def _stop_early(
     return config
 
 
-def _with_ease(embeddings: Embeddings, corpus: Corpus, config: TrainConfig) -> Embeddings:
-    """The embeddings with EASE's low-rank weights over the whole corpus (trainer/ease.py)."""
+def _with_ease(
+    embeddings: Embeddings, corpus: Corpus, config: TrainConfig
+) -> tuple[Embeddings, TrainConfig]:
+    """The embeddings with EASE's low-rank weights over the whole corpus (trainer/ease.py), and
+    the config with the lambda and popularity correction they were fitted with (without a
+    holdout run: ease.DEFAULT_STEP's lambda, no correction)."""
     rows = len(corpus.movies)
     if rows > ease.MAX_ROWS:
         raise UsageError(f"--ease needs at most {ease.MAX_ROWS:,} movies with a row, not {rows:,}")
     lam = config.ease_lambda or ease.lambdas(corpus.baskets, rows)[ease.DEFAULT_STEP]
+    config = dataclasses.replace(config, ease_lambda=lam, ease_debias=max(config.ease_debias, 0.0))
     start = time.perf_counter()
     g = ease.gram(corpus.baskets, rows)
-    factors = ease.fit(g, lam, config.seed)
-    factors = ease.debias(factors, g.diagonal().numpy(), max(config.ease_debias, 0.0))
+    factors = ease.debias(ease.fit(g, lam, config.seed), g, config.ease_debias)
     seconds = embeddings.seconds + time.perf_counter() - start
-    return dataclasses.replace(embeddings, ease=factors, seconds=seconds)
+    return dataclasses.replace(embeddings, ease=factors, seconds=seconds), config
 
 
 def holdout_scores(fit: MovieLens, held: pd.DataFrame, config: TrainConfig) -> tuple[Scores, float]:
