@@ -84,8 +84,9 @@ def test_debias_divides_each_column_by_its_count() -> None:
 
 
 def test_a_tie_on_the_holdout_goes_to_coverage() -> None:
-    ndcg, coverage = [0.200, 0.199, 0.190, 0.2005], [0.40, 0.50, 0.90, 0.30]
-    assert _pick(ndcg, coverage) == 1  # within 1% of the best, the widest coverage
+    best, tied, behind = 0.2, 0.2 * (1 - TOLERANCE / 2), 0.2 * (1 - 2 * TOLERANCE)
+    ndcg, coverage = [tied, best, behind, tied], [0.50, 0.40, 0.90, 0.30]
+    assert _pick(ndcg, coverage) == 0  # within TOLERANCE of the best, the widest coverage
     assert _pick([0.2, 0.1], [0.1, 0.9]) == 0  # beyond it, NDCG@10 decides
     assert _pick([0.2, 0.2 * (1 - TOLERANCE) - 1e-6], [0.1, 0.9]) == 0
 

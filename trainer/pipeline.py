@@ -127,7 +127,7 @@ def _stop_early(
                f"{POPULARITY_GAIN:.0%} above weight 1")  # fmt: skip
         if stopped.ease:
             why = (f"chosen with the EASE part's weight: the best holdout NDCG@10, a tie "
-                   f"within {TOLERANCE:.0%} to the wider coverage")  # fmt: skip
+                   f"within {TOLERANCE:.1%} to the wider coverage")  # fmt: skip
         auto["chosen"]["popularity"] = {"value": stopped.popularity, "why": why}
     if config.ease < 0:
         config = dataclasses.replace(config, ease=stopped.ease)
