@@ -17,6 +17,7 @@ Shapes are carved from ml-latest-small (../shared/data/ml-latest-small, and the 
     gen100k     generated: 940 users, 1,680 movies, ~94k ratings (ml-100k's shape)
     gen1m       generated: 3,000 users, 3,700 movies, ~490k ratings (half of ml-1m)
     gensparse   generated: 2,000 users, 6,000 movies, ~40k ratings
+    gen100k7, gen1m8, gen100k9   the same sizes from other generator seeds
 
 ``--validation`` scores on a holdout carved from each shape's training part instead of its test
 part (what to tune on). EASE's lambda and ALS's factors are chosen per shape on such a holdout
@@ -126,6 +127,9 @@ SHAPES: dict[str, Callable[[], Split]] = {
     "gen100k": _generated(1, 1680, 940, 115),
     "gen1m": _generated(2, 3700, 3000, 170),
     "gensparse": _generated(3, 6000, 2000, 25),
+    "gen100k7": _generated(7, 1680, 940, 115),
+    "gen1m8": _generated(8, 3700, 3000, 170),
+    "gen100k9": _generated(9, 1680, 940, 115),
 }
 
 
