@@ -10,8 +10,8 @@ the two by one weight (``trainer.holdout.stop_early`` chooses it, lambda and ``d
 
 Where a dataset's relevance is mostly a few broad tastes plus popularity (the generated shapes
 of benchmarks/shapes.py) cbow stops learning after an epoch or two and EASE ranks better; on
-ml-latest-small's dense shapes the blend adds a little and on its full catalogue nothing (the
-holdout keeps cbow alone there). B is dense (movies x movies) and costs a matrix inverse per
+ml-latest-small's dense shapes the blend adds a little, and elsewhere too little for the
+holdout to keep it. B is dense (movies x movies) and costs a matrix inverse per
 lambda: only catalogues up to MAX_ROWS rows.
 """
 
