@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -241,9 +242,15 @@ def stop_early(
     plain = dataclasses.replace(config, popularity=config.popularity or 1.0, ease=0.0)
     scorer = HoldoutScorer(corpus, held, plain)
     curve: list[list[Scores]] = []
+    rows = len(corpus.movies)
+    weigh_ease = config.ease != 0 and rows <= ease.MAX_ROWS
+    # The best epoch is always among the last patience + 1 (a new epoch moves the smoothed
+    # curve's last three points only), so the blend starts from its tables, not a retraining.
+    recent: deque[Embeddings] = deque(maxlen=patience + 1 if weigh_ease else 0)
 
     def after_epoch(embeddings: Embeddings) -> bool:
         curve.append(scorer.each(embeddings, candidates))
+        recent.append(embeddings)
         return len(curve) - 1 - _best([row[0].ndcg_10 for row in curve]) >= patience
 
     train(corpus, dataclasses.replace(plain, epochs=max_epochs), show_progress,
@@ -258,8 +265,12 @@ def stop_early(
     log.info("holdout NDCG@10 peaked after %d of %d epochs, at %.4f (popularity %g)", best + 1,
              len(curve), at_best[column], candidates[column] * plain.popularity)  # fmt: skip
     blend = None
-    if config.ease != 0:
-        blend = _blend(corpus, scorer, config, best + 1, candidates[column])
+    if weigh_ease:
+        trained = recent[best - len(curve)]  # deque indices count back from the last epoch
+        blend = _blend(corpus, scorer, config, trained, candidates[column])
+    elif config.ease != 0:
+        blend = Blend(0.0, 0.0, 0.0, candidates[column], None, {},
+                      f"{rows:,} movies: EASE's matrix is too large")  # fmt: skip
     popularity = (blend.popularity if blend else candidates[column]) * plain.popularity
     seconds = time.perf_counter() - start
     return Stopped(best + 1, popularity, column, curve, candidates, seconds, blend)
@@ -269,20 +280,16 @@ def _blend(
     corpus: Corpus,
     scorer: HoldoutScorer,
     config: TrainConfig,
-    epochs: int,
+    trained: Embeddings,
     popularity: float,
 ) -> Blend:
     """EASE's lambda (unless given) from EASE alone on the holdout and its popularity
-    correction (unless given) at that lambda, then the weight (unless given) from cbow
-    retrained to ``epochs`` (bias weight ``popularity``) plus the EASE part at each of
-    EASE_WEIGHTS, with each bias weight of BLEND_POPULARITY (if popularity is auto). An auto
-    weight is kept only if the blend beats cbow alone by more than TOLERANCE; a catalogue over
-    ease.MAX_ROWS rows is not blended. Each choice is _pick's (the best NDCG@10, a tie to the
-    wider coverage)."""
+    correction (unless given) at that lambda, then the weight (unless given) from cbow's
+    ``trained`` tables at the chosen epoch (bias weight ``popularity``) plus the EASE part at
+    each of EASE_WEIGHTS, with each bias weight of BLEND_POPULARITY (if popularity is auto). An
+    auto weight is kept only if the blend beats cbow alone by more than TOLERANCE. Each choice
+    is _pick's (the best NDCG@10, a tie to the wider coverage)."""
     rows = len(corpus.movies)
-    if rows > ease.MAX_ROWS:
-        why = f"{rows:,} movies: EASE's matrix is too large"
-        return Blend(0.0, 0.0, 0.0, popularity, None, {}, why)
     g = ease.gram(corpus.baskets, rows)
     zero = np.zeros(rows, np.float32)
     tried: dict[str, float] = {}
@@ -310,7 +317,6 @@ def _blend(
     tried.update((f"debias {b:g}", round(s.ndcg_10, 4)) for b, s in zip(betas, scored, strict=True))
     chosen = _pick([s.ndcg_10 for s in scored], [s.coverage_10 for s in scored])
     debias, factors = betas[chosen], each[chosen]
-    trained = train(corpus, dataclasses.replace(scorer.config, epochs=epochs), False)
     blended = dataclasses.replace(trained, ease=factors)
     cbow = scorer.each(trained, (popularity,))[0]
     candidates = BLEND_POPULARITY if config.popularity == 0 else (1.0,)
