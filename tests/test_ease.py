@@ -17,7 +17,16 @@ from trainer.config import TrainConfig
 from trainer.corpus import build_corpus
 from trainer.evaluate import evaluate
 from trainer.export import export
-from trainer.holdout import TOLERANCE, HoldoutScorer, _pick, carve, stop_early
+from trainer.holdout import (
+    COVERAGE_CAP,
+    COVERAGE_SHARE,
+    TOLERANCE,
+    HoldoutScorer,
+    _coverage_floor,
+    _pick,
+    carve,
+    stop_early,
+)
 from trainer.movielens import load
 from trainer.pairs import Baskets
 from trainer.pipeline import run_training
@@ -86,9 +95,26 @@ def test_debias_divides_each_column_by_its_count() -> None:
 def test_a_tie_on_the_holdout_goes_to_coverage() -> None:
     best, tied, behind = 0.2, 0.2 * (1 - TOLERANCE / 2), 0.2 * (1 - 2 * TOLERANCE)
     ndcg, coverage = [tied, best, behind, tied], [0.50, 0.40, 0.90, 0.30]
-    assert _pick(ndcg, coverage) == 0  # within TOLERANCE of the best, the widest coverage
-    assert _pick([0.2, 0.1], [0.1, 0.9]) == 0  # beyond it, NDCG@10 decides
-    assert _pick([0.2, 0.2 * (1 - TOLERANCE) - 1e-6], [0.1, 0.9]) == 0
+    floor = best * (1 - TOLERANCE)
+    assert _pick(ndcg, coverage, floor) == 0  # within TOLERANCE of the best, the widest coverage
+    assert _pick([0.2, 0.1], [0.1, 0.9], 0.2 * (1 - TOLERANCE)) == 0  # beyond, NDCG@10 decides
+    assert _pick([0.2, 0.2 * (1 - TOLERANCE) - 1e-6], [0.1, 0.9], 0.2 * (1 - TOLERANCE)) == 0
+    assert _pick([0.2, 0.2], [0.5, 0.5], 0.2) == 0  # the first of equals
+
+
+def test_a_lead_over_ease_is_spent_on_coverage_up_to_a_cap() -> None:
+    best = 0.2
+    # no lead (or a lead smaller than a tie): a tie is all that may be given up
+    assert _coverage_floor(best, 0.25) == pytest.approx(best * (1 - TOLERANCE))
+    assert _coverage_floor(best, best) == pytest.approx(best * (1 - TOLERANCE))
+    # a lead of 0.005: COVERAGE_SHARE of it
+    assert _coverage_floor(best, 0.195) == pytest.approx(best - COVERAGE_SHARE * 0.005)
+    # a lead of 0.05: never more than COVERAGE_CAP below the best
+    assert _coverage_floor(best, 0.15) == pytest.approx(best * (1 - COVERAGE_CAP))
+    # what that buys: a setting 2% behind the best, with far wider coverage
+    ndcg, coverage = [best, best * 0.98], [0.3, 0.6]
+    assert _pick(ndcg, coverage, _coverage_floor(best, 0.15)) == 1
+    assert _pick(ndcg, coverage, _coverage_floor(best, best)) == 0
 
 
 def test_explicit_weight_is_kept_and_lambda_chosen(sample_dir: Path) -> None:
