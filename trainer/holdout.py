@@ -58,6 +58,11 @@ TOLERANCE = 0.005
 # 0.156), and NDCG@10 and Recall@20 at or above EASE's on as many shapes as before, or more.
 COVERAGE_SHARE = 0.5
 COVERAGE_CAP = 0.03
+# _blend's rule in words, for the manifest's reasons
+BLEND_CHOICE = (
+    f"the widest holdout coverage within {TOLERANCE:.1%} of the best NDCG@10, or within "
+    f"{COVERAGE_SHARE:.0%} of its lead over EASE alone (at most {COVERAGE_CAP:.0%})"
+)
 # An EASE part's weights against cbow's unit rows (trainer/ease.py). Asked for a 2% gain over
 # cbow alone, no ml-latest-small shape kept a blend, yet kept at any gain one raised test NDCG@10
 # on all six tried (+0.002 to +0.007). Weights down to 1/16 were tried and left out: the holdout

@@ -22,13 +22,7 @@ from trainer.defaults import Shape, resolve
 from trainer.embeddings import Embeddings
 from trainer.evaluate import Scores, evaluate
 from trainer.export import export
-from trainer.holdout import (
-    COVERAGE_CAP,
-    COVERAGE_SHARE,
-    POPULARITY_GAIN,
-    TOLERANCE,
-    stop_early,
-)
+from trainer.holdout import BLEND_CHOICE, POPULARITY_GAIN, stop_early
 from trainer.interactions import Columns
 from trainer.movielens import MovieLens
 from trainer.train import train
@@ -132,9 +126,7 @@ def _stop_early(
         why = (f"the bias weight with the best holdout NDCG@10 at that epoch, if "
                f"{POPULARITY_GAIN:.0%} above weight 1")  # fmt: skip
         if stopped.ease:
-            why = (f"chosen with the EASE part's weight: the widest holdout coverage within "
-                   f"{TOLERANCE:.1%} of the best NDCG@10, or within {COVERAGE_SHARE:.0%} of its "
-                   f"lead over EASE alone (at most {COVERAGE_CAP:.0%})")  # fmt: skip
+            why = f"chosen with the EASE part's weight: {BLEND_CHOICE}"
         auto["chosen"]["popularity"] = {"value": stopped.popularity, "why": why}
     if config.ease < 0:
         config = dataclasses.replace(config, ease=stopped.ease)
